@@ -1,0 +1,14 @@
+"""SimCLR (NT-Xent) on CIFAR-10 with exactly the RWL reference settings, for a like-for-like baseline.
+
+Same encoder, head, views, optimiser, temperature 0.4 and epochs as configs/cifar10_rwl.py.
+
+  python -m rwl_jax.main --config=configs/cifar10_simclr.py --workdir=runs/simclr
+"""
+
+from configs import common
+
+
+def get_config():
+  config = common.get_config()
+  config.method = "simclr"
+  return config

@@ -1,0 +1,76 @@
+"""The host input pipeline (tf.data): shuffled global batches of two augmented views.
+
+Order and augmentation are pure functions of (seed, epoch, step): the permutation of an epoch
+comes from NumPy's generator seeded with (seed, epoch), and each view's random parameters from a
+stateless TensorFlow seed built from (seed, global step, view). So a resumed run sees exactly
+the batches an uninterrupted one would, and the parameters of the whole global batch are drawn
+before a process takes its rows, so the split over processes does not change an image's view.
+TensorFlow runs on the host CPU only; batches leave as NumPy arrays.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np  # pylint: disable=g-import-not-at-top
+import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+from rwl_jax.data import augment_tf  # pylint: disable=g-import-not-at-top
+from rwl_jax.data.recipe import AugmentRecipe  # pylint: disable=g-import-not-at-top
+from rwl_jax.data.sources import ArraySplit  # pylint: disable=g-import-not-at-top
+
+# Keep TensorFlow away from any accelerator: it only decodes and augments on the host.
+tf.config.set_visible_devices([], "GPU")
+
+
+def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
+  return num_examples // global_batch_size  # drop_remainder: every step sees a full batch
+
+
+def epoch_order(num_examples: int, global_batch_size: int, seed: int, epoch: int) -> np.ndarray:
+  """[steps, global_batch_size] example indices of one epoch (a seeded permutation, remainder dropped)."""
+  steps = steps_per_epoch(num_examples, global_batch_size)
+  permutation = np.random.default_rng([seed, epoch]).permutation(num_examples)
+  return permutation[:steps * global_batch_size].reshape(steps, global_batch_size)
+
+
+def train_batches(split: ArraySplit, *, global_batch_size: int, recipe: AugmentRecipe, seed: int,
+                  epoch: int, start_step: int = 0, process_index: int = 0, process_count: int = 1,
+                  prefetch: int = 2) -> Iterator[dict[str, np.ndarray]]:
+  """One epoch of this process's share of the global batches, from step `start_step` on.
+
+  Yields dicts with 'view1', 'view2' (float32 [local_batch, H, W, 3], normalised) and 'label'
+  (int32 [local_batch]), where local_batch = global_batch_size / process_count.
+  """
+  local_batch = global_batch_size // process_count
+  order = epoch_order(len(split), global_batch_size, seed, epoch)
+  num_steps = len(order)
+  rows = slice(process_index * local_batch, (process_index + 1) * local_batch)
+  first_global_step = epoch * num_steps
+  height, width = split.images.shape[1:3]
+  images = tf.constant(split.images)
+  labels = tf.constant(split.labels)
+
+  def make_views(step, global_indices):
+    local_indices = global_indices[rows]
+    batch = tf.gather(images, local_indices)
+    views = {}
+    for view in (0, 1):
+      view_seed = tf.stack([tf.constant(seed, tf.int64),
+                            2 * (first_global_step + step) + view])
+      params = augment_tf.sample_view_params(view_seed, global_batch_size, (height, width), recipe)
+      params = {name: value[rows] for name, value in params.items()}
+      views[f"view{view + 1}"] = augment_tf.apply_view(batch, params, recipe, height)
+    views["label"] = tf.gather(labels, local_indices)
+    return views
+
+  dataset = tf.data.Dataset.from_tensor_slices(
+      (np.arange(num_steps, dtype=np.int64)[start_step:], order[start_step:]))
+  dataset = dataset.map(make_views, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  dataset = dataset.prefetch(prefetch)
+  options = tf.data.Options()
+  options.threading.private_threadpool_size = max(1, os.cpu_count() or 1)
+  dataset = dataset.with_options(options)
+  yield from dataset.as_numpy_iterator()

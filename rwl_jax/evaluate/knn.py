@@ -1,0 +1,210 @@
+"""Weighted k-nearest-neighbour top-1 on frozen features (Wu et al. 2018, the MoCo CIFAR monitor).
+
+For a test feature q and train features x_j with labels y_j, all L2-normalised:
+
+    s_j         = q . x_j                                  (cosine similarity)
+    N_k(q)      = the k train rows with the largest s_j     (k clamped to N_train)
+    score_c(q)  = sum_{j in N_k(q)} exp(s_j / tau) * [y_j == c]
+    prediction  = argmax_c score_c(q)                      (ties -> the smallest class id)
+
+and the result is the fraction of test rows whose prediction equals their label.
+
+The weights are computed as exp((s_j - s_max) / tau), s_max the row's largest similarity: that
+multiplies every score of the row by the same positive constant, so the argmax is unchanged, but
+it cannot overflow float32 (plain exp(s / tau) does once 1 / tau > ~88, i.e. tau < ~0.0114).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rwl_jax.errors import ConfigError
+from rwl_jax.losses import l2_normalize
+
+
+def _is_int(value) -> bool:
+  return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_real(value) -> bool:
+  return _is_int(value) or isinstance(value, (float, np.floating))
+
+
+def check_features_and_labels(caller: str, train_features, train_labels, test_features,
+                              test_labels, num_classes) -> tuple[jax.Array, np.ndarray, jax.Array,
+                                                                 np.ndarray]:
+  """Validates a (train, test) pair of feature/label arrays; shared by kNN and the linear probe.
+
+  Args:
+    caller: the public function's name, the prefix of every error message.
+    train_features: [N_train, D] real-valued features (any float dtype, bfloat16 included).
+    train_labels: [N_train] integer labels in [0, num_classes).
+    test_features: [N_test, D] real-valued features.
+    test_labels: [N_test] integer labels in [0, num_classes).
+    num_classes: the number of classes, an int >= 1.
+
+  Returns:
+    (train_features, train_labels, test_features, test_labels): features as float32 jax arrays,
+    labels as int32 NumPy arrays.
+
+  Raises:
+    ConfigError (a ValueError) with a one-line message naming the first problem found.
+  """
+  def fail(message: str):
+    raise ConfigError(f"{caller}: {message}")
+
+  if not _is_int(num_classes) or num_classes < 1:
+    fail(f"num_classes must be an int >= 1, got {num_classes!r}")
+  arrays = {}
+  for name, value in (("train_features", train_features), ("test_features", test_features)):
+    value = jnp.asarray(value)
+    if value.ndim != 2:
+      fail(f"{name} must be 2-D [rows, feature_dim], got shape {value.shape}")
+    if not (jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer)):
+      fail(f"{name} must be real-valued (float or int), got dtype {value.dtype}")
+    if value.shape[0] == 0 or value.shape[1] == 0:
+      fail(f"{name} is empty, shape {value.shape}")
+    # float32 even for bfloat16 inputs: similarities and gradients need the mantissa.
+    value = value.astype(jnp.float32)
+    if not bool(jnp.all(jnp.isfinite(value))):
+      fail(f"{name} contains NaN or inf")
+    arrays[name] = value
+  for name, value in (("train_labels", train_labels), ("test_labels", test_labels)):
+    value = np.asarray(value)
+    if value.ndim != 1:
+      fail(f"{name} must be 1-D [rows], got shape {value.shape}")
+    if not np.issubdtype(value.dtype, np.integer):
+      fail(f"{name} must be integers, got dtype {value.dtype}")
+    if value.size and (value.min() < 0 or value.max() >= num_classes):
+      fail(f"{name} must lie in [0, num_classes={num_classes}), got values in "
+           f"[{value.min()}, {value.max()}]")
+    arrays[name] = value.astype(np.int32)
+  for split in ("train", "test"):
+    rows, labels = arrays[f"{split}_features"].shape[0], arrays[f"{split}_labels"].shape[0]
+    if rows != labels:
+      fail(f"{split}_features has {rows} rows but {split}_labels has {labels}")
+  train_dim, test_dim = arrays["train_features"].shape[1], arrays["test_features"].shape[1]
+  if train_dim != test_dim:
+    fail(f"feature dims differ: train_features has {train_dim}, test_features has {test_dim}")
+  return (arrays["train_features"], arrays["train_labels"], arrays["test_features"],
+          arrays["test_labels"])
+
+
+@functools.partial(jax.jit, static_argnames=("num_classes", "k", "chunk_size"))
+def _knn_chunks(train_features: jax.Array, train_labels: jax.Array, test_features: jax.Array,
+                test_labels: jax.Array, temperature: jax.Array, *, num_classes: int, k: int,
+                chunk_size: int) -> tuple[jax.Array, jax.Array]:
+  """(predictions of the padded test rows, number of correct real rows), chunk by chunk.
+
+  temperature is traced, so sweeping it does not recompile; k and the chunk size fix shapes.
+  """
+  chex.assert_rank([train_features, test_features], 2)
+  chex.assert_rank([train_labels, test_labels], 1)
+  num_test = test_features.shape[0]
+  num_chunks = -(-num_test // chunk_size)
+  pad = num_chunks * chunk_size - num_test
+  train = l2_normalize(train_features)
+  # Padded rows are zeros (normalised to zeros): they get some prediction, masked out below.
+  test = jnp.pad(l2_normalize(test_features), ((0, pad), (0, 0)))
+  labels = jnp.pad(test_labels, (0, pad))
+  valid = jnp.arange(num_chunks * chunk_size) < num_test
+  rows = jnp.arange(chunk_size)[:, None]
+
+  def one_chunk(args):
+    queries, query_labels, query_valid = args
+    # HIGHEST: on GPUs/TPUs the default float32 matmul rounds to tf32/bf16, which reorders
+    # near-equal neighbours; the [chunk, N_train] block is the only big temporary.
+    similarity = jnp.dot(queries, train.T, precision=jax.lax.Precision.HIGHEST)
+    top_similarity, top_index = jax.lax.top_k(similarity, k)
+    weights = jnp.exp((top_similarity - top_similarity[:, :1]) / temperature)
+    # Scatter-add the votes: O(chunk * C) memory, not O(chunk * k * C) for one-hot votes.
+    scores = jnp.zeros((chunk_size, num_classes), jnp.float32)
+    scores = scores.at[rows, train_labels[top_index]].add(weights)
+    predictions = jnp.argmax(scores, axis=-1).astype(jnp.int32)
+    correct = jnp.sum((predictions == query_labels) & query_valid)
+    return predictions, correct
+
+  # lax.map runs the chunks one after another, so peak memory stays O(chunk_size * N_train).
+  predictions, correct = jax.lax.map(
+      one_chunk, (test.reshape(num_chunks, chunk_size, -1),
+                  labels.reshape(num_chunks, chunk_size), valid.reshape(num_chunks, chunk_size)))
+  return predictions.reshape(-1), jnp.sum(correct)
+
+
+def _run(caller, train_features, train_labels, test_features, test_labels, num_classes, k,
+         temperature, chunk_size):
+  if not _is_int(k) or k < 1:
+    raise ConfigError(f"{caller}: k must be an int >= 1, got {k!r}")
+  if not _is_real(temperature) or not temperature > 0:
+    raise ConfigError(f"{caller}: temperature must be a number > 0, got {temperature!r}")
+  if not _is_int(chunk_size) or chunk_size < 1:
+    raise ConfigError(f"{caller}: chunk_size must be an int >= 1, got {chunk_size!r}")
+  train_x, train_y, test_x, test_y = check_features_and_labels(
+      caller, train_features, train_labels, test_features, test_labels, num_classes)
+  num_test = test_x.shape[0]
+  predictions, correct = _knn_chunks(
+      train_x, jnp.asarray(train_y), test_x, jnp.asarray(test_y),
+      jnp.float32(temperature), num_classes=num_classes, k=min(k, train_x.shape[0]),
+      # Never pad a small test set up to a large chunk.
+      chunk_size=min(chunk_size, num_test))
+  return predictions[:num_test], int(correct), num_test
+
+
+def knn_predict(train_features, train_labels, test_features, *, num_classes: int, k: int = 200,
+                temperature: float = 0.1, chunk_size: int = 1024) -> np.ndarray:
+  """Predicted class of every test row by weighted kNN (the module docstring's formula).
+
+  Args:
+    train_features: [N_train, D] features (any float dtype; computed in float32).
+    train_labels: [N_train] integer labels in [0, num_classes).
+    test_features: [N_test, D] features.
+    num_classes: C, the number of classes.
+    k: neighbours per test row, >= 1; clamped to N_train.
+    temperature: tau > 0 of the vote weights exp(s / tau).
+    chunk_size: test rows per step; peak memory is O(chunk_size * N_train).
+
+  Returns:
+    [N_test] int32 NumPy array of predicted classes.
+
+  Raises:
+    ValueError (ConfigError) with a one-line message on invalid input.
+  """
+  dummy_labels = np.zeros(np.shape(test_features)[:1], np.int32)
+  predictions, _, _ = _run("knn_predict", train_features, train_labels, test_features,
+                           dummy_labels, num_classes, k, temperature, chunk_size)
+  return np.asarray(predictions)
+
+
+def knn_top1(train_features, train_labels, test_features, test_labels, *, num_classes: int,
+             k: int = 200, temperature: float = 0.1, chunk_size: int = 1024) -> float:
+  """Weighted-kNN top-1 accuracy on the test set, in [0, 1].
+
+  L2-normalise, s_j = q . x_j, keep the k largest s_j, score_c = sum of exp(s_j / tau) over those
+  neighbours with label c, predict argmax_c score_c; return the mean over test rows of
+  [prediction == label]. See the module docstring.
+
+  Args:
+    train_features: [N_train, D] features (any float dtype; computed in float32).
+    train_labels: [N_train] integer labels in [0, num_classes).
+    test_features: [N_test, D] features.
+    test_labels: [N_test] integer labels in [0, num_classes).
+    num_classes: C, the number of classes.
+    k: neighbours per test row, >= 1; clamped to N_train.
+    temperature: tau > 0 of the vote weights exp(s / tau).
+    chunk_size: test rows per step (the last chunk is padded and masked out); peak memory is
+      O(chunk_size * N_train).
+
+  Returns:
+    The top-1 accuracy as a Python float.
+
+  Raises:
+    ValueError (ConfigError) with a one-line message on invalid input.
+  """
+  _, correct, num_test = _run("knn_top1", train_features, train_labels, test_features,
+                              test_labels, num_classes, k, temperature, chunk_size)
+  return correct / num_test

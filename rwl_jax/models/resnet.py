@@ -1,0 +1,126 @@
+"""CIFAR ResNets in Flax NNX: 3x3 stride-1 stem, no max-pool (He et al. 2016, CIFAR variant).
+
+ResNet-18/34 use basic blocks, ResNet-50 bottlenecks; the output is the globally average-pooled
+feature (512-d for ResNet-18/34, 2048-d for ResNet-50). BatchNorm normalises over every example
+of the batch it sees; under jit with the batch sharded over devices that is the global batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from rwl_jax.errors import ConfigError
+
+# torchvision's ResNet initialisation (the reference code uses it): He-normal, fan-out.
+_conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def _batch_norm(features: int, dtype: Any, rngs: nnx.Rngs) -> nnx.BatchNorm:
+  # momentum 0.9 here is PyTorch's momentum=0.1.
+  return nnx.BatchNorm(features, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs)
+
+
+def _conv(in_features: int, out_features: int, kernel: int, stride: int, dtype: Any,
+          rngs: nnx.Rngs) -> nnx.Conv:
+  padding = "SAME" if kernel == 3 else "VALID"
+  return nnx.Conv(in_features, out_features, (kernel, kernel), strides=stride, padding=padding,
+                  use_bias=False, kernel_init=_conv_init, dtype=dtype, rngs=rngs)
+
+
+def _shortcut(in_features: int, out_features: int, stride: int, dtype: Any,
+              rngs: nnx.Rngs) -> nnx.Sequential | None:
+  """A 1x1 projection where the block changes shape; None means the identity."""
+  if stride == 1 and in_features == out_features:
+    return None
+  return nnx.Sequential(_conv(in_features, out_features, 1, stride, dtype, rngs),
+                        _batch_norm(out_features, dtype, rngs))
+
+
+class BasicBlock(nnx.Module):
+  """Two 3x3 convolutions with an identity (or 1x1 projection) shortcut."""
+
+  expansion = 1
+
+  def __init__(self, in_features: int, features: int, stride: int, *, dtype: Any, rngs: nnx.Rngs):
+    out_features = features * self.expansion
+    self.conv1 = _conv(in_features, features, 3, stride, dtype, rngs)
+    self.bn1 = _batch_norm(features, dtype, rngs)
+    self.conv2 = _conv(features, out_features, 3, 1, dtype, rngs)
+    self.bn2 = _batch_norm(out_features, dtype, rngs)
+    self.shortcut = _shortcut(in_features, out_features, stride, dtype, rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = nnx.relu(self.bn1(self.conv1(x)))
+    y = self.bn2(self.conv2(y))
+    residual = x if self.shortcut is None else self.shortcut(x)
+    return nnx.relu(y + residual)
+
+
+class Bottleneck(nnx.Module):
+  """1x1 -> 3x3 (strided) -> 1x1 convolutions, 4x expansion."""
+
+  expansion = 4
+
+  def __init__(self, in_features: int, features: int, stride: int, *, dtype: Any, rngs: nnx.Rngs):
+    out_features = features * self.expansion
+    self.conv1 = _conv(in_features, features, 1, 1, dtype, rngs)
+    self.bn1 = _batch_norm(features, dtype, rngs)
+    self.conv2 = _conv(features, features, 3, stride, dtype, rngs)
+    self.bn2 = _batch_norm(features, dtype, rngs)
+    self.conv3 = _conv(features, out_features, 1, 1, dtype, rngs)
+    self.bn3 = _batch_norm(out_features, dtype, rngs)
+    self.shortcut = _shortcut(in_features, out_features, stride, dtype, rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = nnx.relu(self.bn1(self.conv1(x)))
+    y = nnx.relu(self.bn2(self.conv2(y)))
+    y = self.bn3(self.conv3(y))
+    residual = x if self.shortcut is None else self.shortcut(x)
+    return nnx.relu(y + residual)
+
+
+class CifarResNet(nnx.Module):
+  """Stem conv3x3(64) + BN + ReLU, four stages (strides 1, 2, 2, 2), global average pool."""
+
+  def __init__(self, block: type[nnx.Module], stage_sizes: Sequence[int], *, width: int = 64,
+               dtype: Any = jnp.float32, rngs: nnx.Rngs):
+    self.stem_conv = _conv(3, width, 3, 1, dtype, rngs)
+    self.stem_bn = _batch_norm(width, dtype, rngs)
+    blocks = []
+    in_features = width
+    for stage, num_blocks in enumerate(stage_sizes):
+      features = width * 2**stage
+      for index in range(num_blocks):
+        stride = 2 if stage > 0 and index == 0 else 1
+        blocks.append(block(in_features, features, stride, dtype=dtype, rngs=rngs))
+        in_features = features * block.expansion
+    self.blocks = nnx.List(blocks)
+    self.num_features = in_features
+
+  def __call__(self, images: jax.Array) -> jax.Array:
+    x = nnx.relu(self.stem_bn(self.stem_conv(images)))
+    for block in self.blocks:
+      x = block(x)
+    return jnp.mean(x, axis=(1, 2))
+
+
+_ARCHITECTURES = {
+    "resnet18": (BasicBlock, (2, 2, 2, 2)),
+    "resnet34": (BasicBlock, (3, 4, 6, 3)),
+    "resnet50": (Bottleneck, (3, 4, 6, 3)),
+}
+
+
+def build_resnet(name: str, *, width: int = 64, dtype: Any = jnp.float32,
+                 rngs: nnx.Rngs) -> CifarResNet:
+  """A CIFAR ResNet by name: 'resnet18', 'resnet34' or 'resnet50'."""
+  if name not in _ARCHITECTURES:
+    raise ConfigError(f"unknown model.encoder {name!r}; choose one of {sorted(_ARCHITECTURES)}")
+  if width < 1:
+    raise ConfigError(f"model.width must be >= 1, got {width}")
+  block, stage_sizes = _ARCHITECTURES[name]
+  return CifarResNet(block, stage_sizes, width=width, dtype=dtype, rngs=rngs)

@@ -1,0 +1,43 @@
+"""Device mesh and shardings: one 'data' axis; parameters replicated, batches split along it.
+
+jit with NamedSharding (not pmap): a batch mean inside the model (BatchNorm) or the loss is then
+a global-batch mean, and XLA inserts the collectives.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from rwl_jax.errors import ConfigError
+
+DATA_AXIS = "data"
+
+
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+  devices = jax.devices() if devices is None else list(devices)
+  return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def data_sharded(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def check_batch_divisible(batch_size: int, mesh: Mesh, what: str = "global_batch_size") -> None:
+  count = mesh.devices.size
+  if batch_size % count:
+    raise ConfigError(f"{what}={batch_size} is not divisible by the {count} devices; "
+                      f"use a multiple of {count}")
+
+
+def to_global(batch: Any, mesh: Mesh) -> Any:
+  """This process's rows of a batch (NumPy pytree) -> global arrays sharded on the data axis."""
+  sharding = data_sharded(mesh)
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)

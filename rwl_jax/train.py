@@ -1,0 +1,322 @@
+"""Training: build the state, shard it, run the jitted step over the data, evaluate, save.
+
+One straight path: source arrays -> two augmented views (tf.data, host) -> global batch sharded
+on the mesh's data axis -> jit(train_step) -> metrics, checkpoints, results.json.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx, struct
+
+from rwl_jax import methods, models, parallel
+from rwl_jax.checkpoint import Checkpointer
+from rwl_jax.data import sources
+from rwl_jax.data.recipe import AugmentRecipe
+from rwl_jax.errors import ConfigError, RunError
+from rwl_jax.evaluate import features as feature_lib
+from rwl_jax.metrics import MetricWriter, log_progress
+
+
+@struct.dataclass
+class TrainState:
+  """Everything a step reads and writes; a pytree, so it shards and checkpoints as one."""
+
+  step: jax.Array
+  params: nnx.State
+  batch_stats: nnx.State
+  opt_state: optax.OptState
+
+
+@struct.dataclass
+class ModelDefs:
+  """The static halves of the network split: graph definitions for training and evaluation."""
+
+  train: nnx.GraphDef = struct.field(pytree_node=False)
+  eval: nnx.GraphDef = struct.field(pytree_node=False)
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Checks the values a run depends on; raises ConfigError with one line naming the problem."""
+  methods.check_method_config(config)
+  if not (isinstance(config.num_epochs, int) and config.num_epochs >= 1):
+    raise ConfigError(f"num_epochs must be a positive integer, got {config.num_epochs}")
+  if config.global_batch_size < 2:
+    raise ConfigError(f"global_batch_size must be >= 2 (pairs need negatives), got "
+                      f"{config.global_batch_size}")
+  if not config.optimizer.learning_rate > 0:
+    raise ConfigError(f"optimizer.learning_rate must be > 0, got {config.optimizer.learning_rate}")
+  if config.optimizer.name not in ("sgd", "lars"):
+    raise ConfigError(f"unknown optimizer.name {config.optimizer.name!r}; choose 'sgd' or 'lars'")
+  if not 0 <= config.optimizer.warmup_epochs < config.num_epochs:
+    raise ConfigError(f"optimizer.warmup_epochs must be in [0, num_epochs), got "
+                      f"{config.optimizer.warmup_epochs}")
+  if config.log_every_steps < 1 or config.checkpoint_every_epochs < 1 or config.keep_checkpoints < 1:
+    raise ConfigError("log_every_steps, checkpoint_every_epochs and keep_checkpoints must be >= 1")
+  if config.eval.batch_size < 1:
+    raise ConfigError(f"eval.batch_size must be >= 1, got {config.eval.batch_size}")
+  AugmentRecipe.from_config(config.augment)
+  models.compute_dtype(config.model.dtype)
+
+
+def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
+  """SGD (momentum, weight decay on every parameter, as torch.optim.SGD) or LARS; warmup+cosine."""
+  opt = config.optimizer
+  total_steps = steps_per_epoch * config.num_epochs
+  warmup_steps = int(round(opt.warmup_epochs * steps_per_epoch))
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0 if warmup_steps else opt.learning_rate, peak_value=opt.learning_rate,
+      warmup_steps=warmup_steps, decay_steps=total_steps,
+      end_value=opt.learning_rate * opt.final_lr_fraction)
+  if opt.name == "sgd":
+    tx = optax.chain(optax.add_decayed_weights(opt.weight_decay),
+                     optax.sgd(schedule, momentum=opt.momentum, nesterov=opt.nesterov))
+  else:
+    # LARS convention: no weight decay or trust ratio on biases and BatchNorm parameters.
+    matrices_only = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+    tx = optax.lars(schedule, weight_decay=opt.weight_decay, weight_decay_mask=matrices_only,
+                    trust_ratio_mask=matrices_only, momentum=opt.momentum, nesterov=opt.nesterov)
+  return tx, schedule
+
+
+def create_train_state(config: ml_collections.ConfigDict, tx: optax.GradientTransformation,
+                       mesh: jax.sharding.Mesh) -> tuple[ModelDefs, TrainState]:
+  """Builds the network and optimizer state directly into replicated device memory.
+
+  The shapes come from eval_shape first, so the parameters are created once, already sharded.
+  """
+  build = lambda: models.build_network(config.model, seed=config.seed)
+  abstract_model = nnx.eval_shape(build)
+  train_def = nnx.split(abstract_model, nnx.Param, nnx.BatchStat)[0]
+  abstract_model.eval()  # BatchNorm uses its running statistics in evaluation.
+  eval_def = nnx.split(abstract_model, nnx.Param, nnx.BatchStat)[0]
+
+  def init() -> TrainState:
+    _, params, batch_stats = nnx.split(build(), nnx.Param, nnx.BatchStat)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                      opt_state=tx.init(params))
+
+  state = jax.jit(init, out_shardings=parallel.replicated(mesh))()
+  return ModelDefs(train=train_def, eval=eval_def), state
+
+
+def make_train_step(defs: ModelDefs, tx: optax.GradientTransformation,
+                    loss_fn: methods.LossFn) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+  """The pure step: (state, batch) -> (state, metrics); batch holds 'view1' and 'view2'."""
+
+  def train_step(state: TrainState, batch: dict[str, jax.Array]):
+    views = jnp.concatenate([batch["view1"], batch["view2"]], axis=0)
+
+    model = nnx.merge(defs.train, state.params, state.batch_stats)
+
+    def loss_of(model):
+      # One forward pass over both views: BatchNorm sees all 2B images, as in the reference.
+      _, projections = model(views)
+      z1, z2 = jnp.split(projections.astype(jnp.float32), 2)
+      return loss_fn(z1, z2)
+
+    # nnx.value_and_grad differentiates the Params and carries BatchNorm's updates out.
+    loss, grads = nnx.value_and_grad(loss_of)(model)
+    batch_stats = nnx.state(model, nnx.BatchStat)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new_state = TrainState(step=state.step + 1, params=params, batch_stats=batch_stats,
+                           opt_state=opt_state)
+    return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+
+  return train_step
+
+
+def compile_train_step(train_step, mesh: jax.sharding.Mesh):
+  replicated = parallel.replicated(mesh)
+  return jax.jit(train_step, in_shardings=(replicated, parallel.data_sharded(mesh)),
+                 out_shardings=(replicated, replicated), donate_argnums=0)
+
+
+def evaluate(config: ml_collections.ConfigDict, defs: ModelDefs, state: TrainState,
+             train_split: sources.ArraySplit, test_split: sources.ArraySplit,
+             mesh: jax.sharding.Mesh, *, linear: bool = True) -> dict[str, float]:
+  """kNN (and linear-probe) top-1 on the test split, from frozen encoder features."""
+  from rwl_jax.evaluate import knn_top1, linear_probe_top1  # pylint: disable=g-import-not-at-top
+
+  recipe = AugmentRecipe.from_config(config.augment)
+  feature_fn = feature_lib.make_feature_fn(defs.eval, recipe, mesh)
+  batch_size = feature_lib.round_up(config.eval.batch_size, mesh.devices.size)
+  train_features = feature_lib.extract(feature_fn, state.params, state.batch_stats, train_split,
+                                       batch_size, mesh)
+  test_features = feature_lib.extract(feature_fn, state.params, state.batch_stats, test_split,
+                                      batch_size, mesh)
+  num_classes = len(train_split.class_names)
+  results = {"knn_top1": knn_top1(train_features, train_split.labels, test_features,
+                                  test_split.labels, num_classes=num_classes, k=config.eval.knn_k,
+                                  temperature=config.eval.knn_temperature)}
+  if linear:
+    results["linear_top1"] = linear_probe_top1(
+        train_features, train_split.labels, test_features, test_split.labels,
+        num_classes=num_classes, epochs=config.eval.linear_epochs,
+        batch_size=config.eval.linear_batch_size, learning_rate=config.eval.linear_learning_rate,
+        weight_decay=config.eval.linear_weight_decay, seed=config.seed)
+  return results
+
+
+def load_data(config: ml_collections.ConfigDict) -> tuple[sources.ArraySplit, sources.ArraySplit]:
+  train_split = sources.load_split(config.data, config.data.train_split)
+  test_split = sources.load_split(config.data, config.data.eval_split)
+  if train_split.class_names != test_split.class_names:
+    raise ConfigError(f"the {config.data.train_split!r} and {config.data.eval_split!r} splits have "
+                      f"different classes: {train_split.class_names} vs {test_split.class_names}")
+  train_split = train_split.subset(config.data.max_train_examples, seed=config.seed)
+  test_split = test_split.subset(config.data.max_eval_examples, seed=config.seed)
+  return train_split, test_split
+
+
+def _save_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
+  if jax.process_index() == 0:
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+class _MetricBuffer:
+  """Per-step metrics stay on device until a log step, so the loop never waits for the device."""
+
+  def __init__(self):
+    self._pending: list[dict[str, jax.Array]] = []
+
+  def add(self, metrics: dict[str, jax.Array]) -> None:
+    self._pending.append(metrics)
+
+  def drain(self, first_step: int) -> dict[str, float]:
+    """Means over the buffered steps; raises RunError if any loss is not finite."""
+    if not self._pending:
+      return {}
+    stacked = jax.device_get(self._pending)
+    self._pending = []
+    losses = np.asarray([m["loss"] for m in stacked], np.float64)
+    bad = np.flatnonzero(~np.isfinite(losses))
+    if bad.size:
+      raise RunError(f"loss became {losses[bad[0]]} at step {first_step + bad[0] + 1}; stopped "
+                     "without saving it (the last good checkpoint is kept); lower "
+                     "optimizer.learning_rate or raise temperature")
+    return {name: float(np.mean([m[name] for m in stacked])) for name in stacked[0]}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains config.method on config.data, resuming from workdir's checkpoints; returns results.
+
+  Writes workdir/config.json, TensorBoard events, metrics.jsonl, checkpoints/ and results.json.
+  """
+  from rwl_jax.data import pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow)
+
+  validate_config(config)
+  workdir_path = pathlib.Path(workdir).expanduser()
+  workdir_path.mkdir(parents=True, exist_ok=True)
+  mesh = parallel.make_mesh()
+  parallel.check_batch_divisible(config.global_batch_size, mesh)
+
+  train_split, test_split = load_data(config)
+  steps_per_epoch = pipeline.steps_per_epoch(len(train_split), config.global_batch_size)
+  if steps_per_epoch < 1:
+    raise ConfigError(f"global_batch_size={config.global_batch_size} is larger than the "
+                      f"{len(train_split)} training images")
+  num_steps = steps_per_epoch * config.num_epochs
+  recipe = AugmentRecipe.from_config(config.augment)
+
+  tx, schedule = create_optimizer(config, steps_per_epoch)
+  defs, state = create_train_state(config, tx, mesh)
+  checkpointer = Checkpointer(workdir_path, keep=config.keep_checkpoints)
+  latest = checkpointer.latest_step()
+  if latest is not None:
+    state = checkpointer.restore(latest, state)
+    logging.info("resumed from %s at step %d", checkpointer.directory, latest)
+  _save_config(config, workdir_path)
+
+  train_step = compile_train_step(make_train_step(defs, tx, methods.loss_fn(config)), mesh)
+  writer = MetricWriter(workdir_path)
+  metrics = _MetricBuffer()
+  step = int(jax.device_get(state.step))
+  if step > num_steps:
+    raise ConfigError(f"the checkpoint in {workdir_path} is at step {step}, past this config's "
+                      f"{num_steps} steps; use a new --workdir or more num_epochs")
+  logging.info("%s on %d train / %d test images, %d devices, %d steps of batch %d",
+               config.method, len(train_split), len(test_split), mesh.devices.size, num_steps,
+               config.global_batch_size)
+
+  epoch_seconds: list[float] = []
+  images_per_second: list[float] = []
+  log_start_time, log_start_step = time.perf_counter(), step
+  try:
+    for epoch in range(step // steps_per_epoch, config.num_epochs):
+      epoch_start = time.perf_counter()
+      epoch_first_step = step
+      batches = pipeline.train_batches(
+          train_split, global_batch_size=config.global_batch_size, recipe=recipe,
+          seed=config.seed, epoch=epoch, start_step=step - epoch * steps_per_epoch,
+          process_index=jax.process_index(), process_count=jax.process_count(),
+          prefetch=config.data.prefetch_batches)
+      for local_batch in batches:
+        views = {"view1": local_batch["view1"], "view2": local_batch["view2"]}
+        state, step_metrics = train_step(state, parallel.to_global(views, mesh))
+        metrics.add(step_metrics)
+        step += 1
+        if step % config.log_every_steps == 0 or step % steps_per_epoch == 0:
+          averages = metrics.drain(log_start_step)
+          now = time.perf_counter()
+          rate = (step - log_start_step) * config.global_batch_size / (now - log_start_time)
+          scalars = {"loss": averages.pop("loss"), "learning_rate": float(schedule(step - 1)),
+                     "images_per_second": rate, **averages}
+          if log_start_step > epoch_first_step or epoch > 0:
+            images_per_second.append(rate)  # the first window of a run includes compilation
+          log_progress(epoch + 1, config.num_epochs, step, num_steps, scalars)
+          writer.write_scalars(step, scalars)
+          log_start_time, log_start_step = now, step
+      epoch_seconds.append(time.perf_counter() - epoch_start)
+      writer.write_scalars(step, {"epoch_seconds": epoch_seconds[-1]})
+      done = epoch + 1 == config.num_epochs
+      if done or (epoch + 1) % config.checkpoint_every_epochs == 0:
+        checkpointer.save(step, state)
+      if config.eval.knn_every_epochs and not done and (epoch + 1) % config.eval.knn_every_epochs == 0:
+        knn = evaluate(config, defs, state, train_split, test_split, mesh, linear=False)
+        writer.write_scalars(step, knn)
+        logging.info("epoch %d: kNN top-1 %.4f", epoch + 1, knn["knn_top1"])
+  except KeyboardInterrupt:
+    metrics.drain(log_start_step)  # never save a state whose loss went non-finite
+    checkpointer.save(step, state)
+    checkpointer.close()
+    writer.close()
+    raise RunError(f"interrupted at step {step}; checkpoint saved in {checkpointer.directory}, "
+                   "rerun the same command to resume") from None
+  except RunError:
+    checkpointer.close()
+    writer.close()
+    raise
+  checkpointer.close()
+
+  logging.info("evaluating: kNN (k=%d) and linear probe on frozen features", config.eval.knn_k)
+  results = evaluate(config, defs, state, train_split, test_split, mesh)
+  writer.write_scalars(step, results)
+  writer.close()
+  # The first epoch of a run includes compilation; report steady-state epochs where there are any.
+  steady = epoch_seconds[1:] or epoch_seconds
+  results.update(
+      method=config.method, epochs=config.num_epochs, steps=step,
+      global_batch_size=config.global_batch_size,
+      seconds_per_epoch=float(np.median(steady)) if steady else None,
+      images_per_second=float(np.median(images_per_second)) if images_per_second else None,
+      data=config.data.image_dir or f"tfds:{config.data.tfds_name}",
+      train_examples=len(train_split), test_examples=len(test_split),
+      devices=[str(d.device_kind) for d in mesh.devices.flat], jax_version=jax.__version__,
+      config=json.loads(config.to_json_best_effort()))
+  if jax.process_index() == 0:
+    (workdir_path / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True))
+  logging.info("kNN top-1 %.4f, linear top-1 %.4f -> %s", results["knn_top1"],
+               results["linear_top1"], workdir_path / "results.json")
+  return results

@@ -1,0 +1,88 @@
+"""Shared fixtures: a small real CIFAR-10 subset unpacked from ../shared/data, tiny configs."""
+
+from __future__ import annotations
+
+import collections
+import os
+import pathlib
+import sys
+import tarfile
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+  sys.path.insert(0, str(REPO))  # `from configs import common` inside the config files
+SHARED_DATA = pathlib.Path(os.environ.get("RWL_JAX_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def _joined_parts(paths):
+  """A file-like object reading the concatenation of the archive's parts."""
+
+  class Joined:
+    def __init__(self):
+      self._files = [open(p, "rb") for p in paths]
+      self._index = 0
+
+    def read(self, size=-1):
+      chunks = []
+      while self._index < len(self._files) and (size < 0 or size > 0):
+        chunk = self._files[self._index].read(size)
+        if not chunk:
+          self._files[self._index].close()
+          self._index += 1
+          continue
+        chunks.append(chunk)
+        if size > 0:
+          size -= len(chunk)
+      return b"".join(chunks)
+
+  return Joined()
+
+
+def unpack_cifar_subset(destination: pathlib.Path, per_class: dict[str, int]) -> pathlib.Path:
+  """Writes the first per_class[split] PNGs of every class of each split under destination."""
+  parts = sorted(SHARED_DATA.glob("cifar10-png.tar.gz.part*"))
+  if not parts:
+    pytest.fail(f"CIFAR-10 PNG parts not found in {SHARED_DATA} (set RWL_JAX_SHARED_DATA)")
+  counts = collections.Counter()
+  wanted_total = sum(n * 10 for n in per_class.values())
+  with tarfile.open(fileobj=_joined_parts(parts), mode="r|gz") as archive:
+    for member in archive:
+      if not member.isfile() or not member.name.endswith(".png"):
+        continue
+      split, class_name = pathlib.PurePosixPath(member.name).parts[-3:-1]
+      if split not in per_class or counts[split, class_name] >= per_class[split]:
+        continue
+      target = destination / split / class_name / pathlib.PurePosixPath(member.name).name
+      target.parent.mkdir(parents=True, exist_ok=True)
+      target.write_bytes(archive.extractfile(member).read())
+      counts[split, class_name] += 1
+      if sum(counts.values()) == wanted_total:
+        break
+  return destination
+
+
+@pytest.fixture(scope="session")
+def cifar_dir(tmp_path_factory) -> pathlib.Path:
+  """64 train and 16 test images per class of the real (lossless) CIFAR-10."""
+  return unpack_cifar_subset(tmp_path_factory.mktemp("cifar10"), {"train": 64, "test": 16})
+
+
+def tiny_config(image_dir: pathlib.Path, cache_dir: pathlib.Path, method: str = "rwl"):
+  """The reference config shrunk to seconds on a CPU: narrow ResNet-18, small batch, few epochs."""
+  from configs import common  # pylint: disable=g-import-not-at-top
+
+  config = common.get_config()
+  config.method = method
+  config.num_epochs = 2
+  config.global_batch_size = 32
+  config.model.width = 8
+  config.model.projector_dims = (32, 16)
+  config.data.image_dir = str(image_dir)
+  config.data.cache_dir = str(cache_dir)
+  config.eval.batch_size = 128
+  config.eval.linear_epochs = 5
+  config.log_every_steps = 5
+  config.checkpoint_every_epochs = 1
+  return config

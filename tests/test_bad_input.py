@@ -1,0 +1,84 @@
+"""Bad input ends in one clear error line naming the problem, never a bare traceback."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO, tiny_config
+from rwl_jax import train
+from rwl_jax.errors import ConfigError
+
+
+@pytest.fixture
+def config(cifar_dir, tmp_path):
+  return tiny_config(cifar_dir, tmp_path / "cache")
+
+
+def run(config, tmp_path):
+  return train.train_and_evaluate(config, str(tmp_path / "work"))
+
+
+@pytest.mark.parametrize("override, message", [
+    (dict(method="mocov9"), "unknown method 'mocov9'"),
+    (dict(temperature=0.0), "temperature must be > 0"),
+    (dict(temperature=-0.4), "temperature must be > 0"),
+    (dict(num_epochs=0), "num_epochs must be a positive integer"),
+    (dict(num_epochs=-3), "num_epochs must be a positive integer"),
+    (dict(global_batch_size=1), "global_batch_size must be >= 2"),
+    (dict(global_batch_size=4096), "larger than the 640 training images"),
+])
+def test_config_values(config, tmp_path, override, message):
+  config.update(override)
+  with pytest.raises(ConfigError, match=message):
+    run(config, tmp_path)
+
+
+def test_missing_image_dir(config, tmp_path):
+  config.data.image_dir = str(tmp_path / "nowhere")
+  with pytest.raises(ConfigError, match="does not exist"):
+    run(config, tmp_path)
+
+
+def test_empty_image_dir(config, tmp_path):
+  (tmp_path / "empty" / "train" / "cat").mkdir(parents=True)
+  config.data.image_dir = str(tmp_path / "empty")
+  with pytest.raises(ConfigError, match="no images"):
+    run(config, tmp_path)
+  (tmp_path / "nosplit").mkdir()
+  config.data.image_dir = str(tmp_path / "nosplit")
+  with pytest.raises(ConfigError, match="has no 'train' folder"):
+    run(config, tmp_path)
+
+
+def test_wrong_image_size_and_corrupt_image(config, tmp_path):
+  for split in ("train", "test"):
+    (tmp_path / "big" / split / "cat").mkdir(parents=True)
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "big" / split / "cat" / "a.png")
+  config.data.image_dir = str(tmp_path / "big")
+  with pytest.raises(ConfigError, match=r"is 64x64, expected 32x32"):
+    run(config, tmp_path)
+  (tmp_path / "bad" / "train" / "cat").mkdir(parents=True)
+  (tmp_path / "bad" / "train" / "cat" / "x.png").write_bytes(b"not a png")
+  config.data.image_dir = str(tmp_path / "bad")
+  with pytest.raises(ConfigError, match="cannot decode image"):
+    run(config, tmp_path)
+
+
+def test_command_line_prints_one_error_line(cifar_dir, tmp_path):
+  """Through `python -m rwl_jax.main` on 8 devices: a batch that does not divide over them."""
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu")
+  done = subprocess.run(
+      [sys.executable, "-m", "rwl_jax.main", "--config=configs/cifar10_rwl.py",
+       f"--workdir={tmp_path / 'work'}", f"--config.data.image_dir={cifar_dir}",
+       f"--config.data.cache_dir={tmp_path / 'cache'}", "--config.global_batch_size=12"],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 2
+  assert "Traceback" not in done.stderr
+  errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+  assert errors == ["error: global_batch_size=12 is not divisible by the 8 devices; use a "
+                    "multiple of 8"]

@@ -1,0 +1,45 @@
+"""End to end on real CIFAR-10 images with a tiny model: learning, checkpoints, resume, results."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from rwl_jax import train
+
+
+def read_losses(workdir):
+  lines = (workdir / "metrics.jsonl").read_text().splitlines()
+  return [json.loads(line)["loss"] for line in lines if "loss" in json.loads(line)]
+
+
+@pytest.mark.parametrize("method", ["rwl", "simclr"])
+def test_trains_checkpoints_resumes_and_reports(method, cifar_dir, tmp_path):
+  config = tiny_config(cifar_dir, tmp_path / "cache", method=method)
+  config.num_epochs = 4
+  config.optimizer.learning_rate = 0.05
+  config.data.max_train_examples = 320  # 10 steps per epoch of 32
+  workdir = tmp_path / "work"
+  results = train.train_and_evaluate(config, str(workdir))
+
+  losses = read_losses(workdir)
+  assert len(losses) == 8  # logged every 5 steps over 40 steps
+  assert np.mean(losses[-2:]) < np.mean(losses[:2]), losses
+  saved = json.loads((workdir / "results.json").read_text())
+  for key in ("knn_top1", "linear_top1", "epochs", "method", "images_per_second"):
+    assert key in saved
+  assert saved["method"] == method and saved["epochs"] == 4 and saved["steps"] == 40
+  assert 0.0 <= saved["knn_top1"] <= 1.0 and 0.0 <= saved["linear_top1"] <= 1.0
+  assert saved["knn_top1"] == results["knn_top1"]
+  checkpoints = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  assert checkpoints == [20, 30, 40]  # every epoch, newest 3 kept
+  assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+
+  # A second run on the same workdir with more epochs resumes at step 40 instead of restarting.
+  config.num_epochs = 5
+  again = train.train_and_evaluate(config, str(workdir))
+  assert again["steps"] == 50
+  steps = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()
+           if "loss" in json.loads(line)]
+  assert steps[len(losses):] == [45, 50]
