@@ -18,7 +18,8 @@ class Checkpointer:
   def __init__(self, workdir: str | pathlib.Path, *, keep: int = 3):
     self.directory = pathlib.Path(workdir).resolve() / "checkpoints"
     self._manager = ocp.CheckpointManager(
-        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+        item_handlers=ocp.StandardCheckpointHandler())
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -36,13 +37,13 @@ class Checkpointer:
     `target` may hold arrays or jax.ShapeDtypeStruct leaves (with .sharding).
     """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    try:
-      return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
-    except (ValueError, KeyError, TypeError) as error:
-      first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    # Compare shapes first: a failed Orbax restore leaves asyncio tracebacks behind at exit.
+    mismatch = _first_mismatch(_shapes_by_path(self._manager.item_metadata(step)),
+                               _shapes_by_path(abstract))
+    if mismatch:
       raise ConfigError(f"checkpoint {self.directory}/{step} does not match this config "
-                        f"({first_line[:200]}); use a new --workdir or the config it was trained "
-                        "with") from error
+                        f"({mismatch}); use a new --workdir or the config it was trained with")
+    return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
   def wait(self) -> None:
     self._manager.wait_until_finished()
@@ -51,3 +52,25 @@ class Checkpointer:
     self._manager.wait_until_finished()
     self._manager.close()
     logging.info("checkpoints in %s: steps %s", self.directory, self.all_steps())
+
+
+def _path_name(entry: Any) -> str:
+  for attribute in ("key", "name", "idx"):
+    if hasattr(entry, attribute):
+      return str(getattr(entry, attribute))
+  return str(entry)
+
+
+def _shapes_by_path(tree: Any) -> dict[str, tuple[int, ...]]:
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {"/".join(_path_name(e) for e in path): tuple(leaf.shape) for path, leaf in leaves}
+
+
+def _first_mismatch(saved: dict[str, tuple[int, ...]], wanted: dict[str, tuple[int, ...]]) -> str:
+  for path, shape in wanted.items():
+    if path not in saved:
+      return f"{path} is missing from the checkpoint"
+    if saved[path] != shape:
+      return f"{path} has shape {saved[path]} in the checkpoint, {shape} in this config"
+  extra = sorted(set(saved) - set(wanted))
+  return f"the checkpoint has {extra[0]}, which this config lacks" if extra else ""

@@ -82,3 +82,21 @@ def test_command_line_prints_one_error_line(cifar_dir, tmp_path):
   errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
   assert errors == ["error: global_batch_size=12 is not divisible by the 8 devices; use a "
                     "multiple of 8"]
+
+
+def test_unknown_tfds_dataset(config, tmp_path):
+  config.data.image_dir = ""
+  config.data.tfds_name = "no_such_dataset_rwl"
+  config.data.tfds_data_dir = str(tmp_path / "tfds")
+  with pytest.raises(ConfigError, match="could not load TFDS dataset 'no_such_dataset_rwl'"):
+    run(config, tmp_path)
+
+
+def test_checkpoint_of_another_model(config, tmp_path):
+  config.num_epochs = 1
+  config.data.max_train_examples = 64
+  config.eval.linear_epochs = 1
+  run(config, tmp_path)
+  config.model.width = 16  # same workdir, different shapes
+  with pytest.raises(ConfigError, match="does not match this config"):
+    run(config, tmp_path)
