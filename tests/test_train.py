@@ -7,6 +7,7 @@ import pytest
 
 from conftest import tiny_config
 from rwl_jax import train
+from rwl_jax.evaluate.__main__ import evaluate_checkpoint
 
 
 def read_losses(workdir):
@@ -35,6 +36,8 @@ def test_trains_checkpoints_resumes_and_reports(method, cifar_dir, tmp_path):
   checkpoints = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
   assert checkpoints == [20, 30, 40]  # every epoch, newest 3 kept
   assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+  # The saved final checkpoint evaluates to the run's own kNN figure.
+  assert evaluate_checkpoint(str(workdir), linear=False)["knn_top1"] == results["knn_top1"]
 
   # A second run on the same workdir with more epochs resumes at step 40 instead of restarting.
   config.num_epochs = 5
