@@ -92,14 +92,15 @@ def _peak_memory_bytes(device) -> int | None:
   return stats.get("peak_bytes_in_use") if stats else None
 
 
-def _peak_tflops(device) -> float | None:
-  if _PEAK_TFLOPS.value:
-    return _PEAK_TFLOPS.value
+def _peak_tflops(device, override: float | None) -> float | None:
+  if override:
+    return override
   kind = device.device_kind
   return next((peak for name, peak in _PEAK_BF16_TFLOPS.items() if name in kind), None)
 
 
-def benchmark_step(config, *, steps: int, warmup: int) -> dict[str, Any]:
+def benchmark_step(config, *, steps: int, warmup: int,
+                   peak_tflops: float | None = None) -> dict[str, Any]:
   """Compiles the real train step and times it on random views already sharded on the mesh."""
   mesh = parallel.make_mesh()
   parallel.check_batch_divisible(config.global_batch_size, mesh)
@@ -126,7 +127,7 @@ def benchmark_step(config, *, steps: int, warmup: int) -> dict[str, Any]:
   seconds = (time.perf_counter() - start) / steps
   device = mesh.devices.flat[0]
   achieved = flops_per_step / seconds / 1e12
-  peak = _peak_tflops(device)
+  peak = _peak_tflops(device, peak_tflops)
   return {
       "mode": "step", "images_per_second": config.global_batch_size / seconds,
       "ms_per_step": 1e3 * seconds, "compile_seconds": compile_seconds,
@@ -186,7 +187,8 @@ def main(argv):
     train.validate_config(config)
     rows = []
     if _MODE.value in ("step", "both"):
-      rows.append(benchmark_step(config, steps=_STEPS.value, warmup=_WARMUP.value))
+      rows.append(benchmark_step(config, steps=_STEPS.value, warmup=_WARMUP.value,
+                                 peak_tflops=_PEAK_TFLOPS.value))
     if _MODE.value in ("pipeline", "both"):
       rows.append(benchmark_pipeline(config, steps=_STEPS.value, warmup=_WARMUP.value))
   except ConfigError as error:
