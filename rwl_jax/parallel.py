@@ -41,3 +41,12 @@ def to_global(batch: Any, mesh: Mesh) -> Any:
   """This process's rows of a batch (NumPy pytree) -> global arrays sharded on the data axis."""
   sharding = data_sharded(mesh)
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+
+
+def fetch(tree: Any) -> Any:
+  """Replicated global arrays -> NumPy, on every process (each reads its own local copy).
+
+  Unlike jax.device_get this works when the array spans devices of several processes.
+  """
+  return jax.tree.map(
+      lambda x: np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else x, tree)

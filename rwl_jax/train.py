@@ -198,7 +198,7 @@ class _MetricBuffer:
     """Means over the buffered steps; raises RunError if any loss is not finite."""
     if not self._pending:
       return {}
-    stacked = jax.device_get(self._pending)
+    stacked = parallel.fetch(self._pending)
     self._pending = []
     losses = np.asarray([m["loss"] for m in stacked], np.float64)
     bad = np.flatnonzero(~np.isfinite(losses))
@@ -242,7 +242,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   train_step = compile_train_step(make_train_step(defs, tx, methods.loss_fn(config)), mesh)
   writer = MetricWriter(workdir_path)
   metrics = _MetricBuffer()
-  step = int(jax.device_get(state.step))
+  step = int(parallel.fetch(state.step))
   if step > num_steps:
     raise ConfigError(f"the checkpoint in {workdir_path} is at step {step}, past this config's "
                       f"{num_steps} steps; use a new --workdir or more num_epochs")

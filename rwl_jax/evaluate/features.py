@@ -45,4 +45,4 @@ def extract(feature_fn, params, batch_stats, split: sources.ArraySplit, batch_si
   for batch in sources.eval_batches(split, batch_size):
     images = parallel.to_global(batch["image"][rows], mesh)
     outputs.append((feature_fn(params, batch_stats, images), batch["mask"]))
-  return np.concatenate([np.asarray(f)[mask] for f, mask in outputs])
+  return np.concatenate([parallel.fetch(f)[mask] for f, mask in outputs])
