@@ -34,11 +34,19 @@ from typing import Mapping
 import dm_pix as pix
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rwl_jax.data.recipe import AugmentRecipe
 
 # torchvision's RandomResizedCrop tries this many (scale, ratio) draws before falling back.
 _CROP_ATTEMPTS = 10
+# Columns of the one [B, _NUM_UNIFORMS] uniform draw behind a view's parameters.
+_AREA = slice(0, _CROP_ATTEMPTS)
+_ASPECT = slice(_CROP_ATTEMPTS, 2 * _CROP_ATTEMPTS)
+_CORNER_I, _CORNER_J, _FLIP, _JITTER, _B, _C, _S, _H, _GRAY = range(2 * _CROP_ATTEMPTS,
+                                                                    2 * _CROP_ATTEMPTS + 9)
+_ORDER = slice(2 * _CROP_ATTEMPTS + 9, 2 * _CROP_ATTEMPTS + 13)
+_NUM_UNIFORMS = 2 * _CROP_ATTEMPTS + 13
 # ITU-R 601-2 luma, as torchvision's rgb_to_grayscale (and augment_tf).
 _LUMA = (0.299, 0.587, 0.114)
 # Position of each colour operation in `jitter_order`; _IDENTITY marks images without jitter.
@@ -61,13 +69,16 @@ def _central_crop(height: int, width: int, ratio: tuple[float, float]) -> tuple[
   return (height - h) // 2, (width - w) // 2, h, w
 
 
-# Columns of the one [B, _NUM_UNIFORMS] uniform draw behind a view's parameters.
-_AREA = slice(0, _CROP_ATTEMPTS)
-_ASPECT = slice(_CROP_ATTEMPTS, 2 * _CROP_ATTEMPTS)
-_CORNER_I, _CORNER_J, _FLIP, _JITTER, _B, _C, _S, _H, _GRAY = range(2 * _CROP_ATTEMPTS,
-                                                                    2 * _CROP_ATTEMPTS + 9)
-_ORDER = slice(2 * _CROP_ATTEMPTS + 9, 2 * _CROP_ATTEMPTS + 13)
-_NUM_UNIFORMS = 2 * _CROP_ATTEMPTS + 13
+def _exact_fraction(numerator: jax.Array, denominator: int) -> jax.Array:
+  """float32(numerator / denominator) rounded once, for integer numerator in [0, denominator].
+
+  These are the values augment_tf produces (it divides in float64 and casts). A float32 division
+  would not always give them: XLA rewrites division by a constant as multiplication by the
+  reciprocal, one ulp off for some quotients (5 / 24), so a full crop's h * w / (H * W) could
+  miss 1.0. The quotients are few, so look them up in a table built exactly in NumPy.
+  """
+  table = (np.arange(denominator + 1, dtype=np.float64) / denominator).astype(np.float32)
+  return jnp.asarray(table)[numerator.astype(jnp.int32)]
 
 
 def _sample_crop(u: jax.Array, height: int, width: int,
@@ -124,14 +135,16 @@ def sample_view_params(key: jax.Array, batch_size: int, image_size: tuple[int, i
   u = jax.random.uniform(key, (batch_size, _NUM_UNIFORMS), jnp.float32)
 
   i, j, h, w = _sample_crop(u, height, width, recipe)
-  crop_box = jnp.stack([i / height, j / width, (i + h) / height, (j + w) / width], axis=1)
+  crop_box = jnp.stack([_exact_fraction(i, height), _exact_fraction(j, width),
+                        _exact_fraction(i + h, height), _exact_fraction(j + w, width)], axis=1)
 
   def between(column: int, lo: float, hi: float) -> jax.Array:
     return lo + (hi - lo) * u[:, column]
 
   return {
       "crop_box": crop_box,
-      "crop_area_fraction": h * w / float(height * width),
+      "crop_area_fraction": _exact_fraction(h * w, height * width),
+      # A division by a traced value is IEEE (correctly rounded), unlike one by a constant.
       "crop_aspect_ratio": w / h,
       "flip": u[:, _FLIP] < recipe.flip_prob,
       "jitter": u[:, _JITTER] < recipe.jitter_prob,
@@ -171,9 +184,9 @@ def _crop_resize_flip(images: jax.Array, crop_box: jax.Array, flip: jax.Array,
 
   The resize is two small per-image matrices, [S, H] for rows and [S, W] for columns, applied
   with batched matmuls rather than gathers: on GPU a batched matmul is one well-tiled kernel,
-  while data-dependent gathers along the W axis read 3-element strips; the extra multiplies by
-  zero cost nothing at these sizes. Mirroring is reversing the column matrix's rows. Returns
-  float32 in [0, 1].
+  while data-dependent gathers along the W axis read 3-element strips, and the extra multiplies
+  by zero are cheap at the image sizes that fit a dataset in device memory (~0.4 MFLOP per
+  32x32 view). Mirroring is reversing the column matrix's rows. Returns float32 in [0, 1].
   """
   _, height, width, _ = images.shape
   pixels = jnp.round(crop_box * jnp.asarray([height, width, height, width], jnp.float32))

@@ -18,22 +18,12 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 from rwl_jax.data import augment_tf  # pylint: disable=g-import-not-at-top
+from rwl_jax.data.order import epoch_order, steps_per_epoch  # pylint: disable=g-import-not-at-top
 from rwl_jax.data.recipe import AugmentRecipe  # pylint: disable=g-import-not-at-top
 from rwl_jax.data.sources import ArraySplit  # pylint: disable=g-import-not-at-top
 
 # Keep TensorFlow away from any accelerator: it only decodes and augments on the host.
 tf.config.set_visible_devices([], "GPU")
-
-
-def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
-  return num_examples // global_batch_size  # drop_remainder: every step sees a full batch
-
-
-def epoch_order(num_examples: int, global_batch_size: int, seed: int, epoch: int) -> np.ndarray:
-  """[steps, global_batch_size] example indices of one epoch (a seeded permutation, remainder dropped)."""
-  steps = steps_per_epoch(num_examples, global_batch_size)
-  permutation = np.random.default_rng([seed, epoch]).permutation(num_examples)
-  return permutation[:steps * global_batch_size].reshape(steps, global_batch_size)
 
 
 def train_batches(split: ArraySplit, *, global_batch_size: int, recipe: AugmentRecipe, seed: int,
