@@ -6,7 +6,8 @@ the code's defaults are 800 epochs at lr 0.06). Views: RandomResizedCrop(32, sca
 colour jitter (0.4, 0.4, 0.4, 0.1) p=0.8, grayscale p=0.2, CIFAR mean/std. Evaluation: kNN
 (k=200, cosine, temperature-weighted votes) and a linear probe on the frozen 512-d features.
 
-Method configs (cifar10_<method>.py) change only what differs from this.
+Method configs (cifar10_<method>.py) change only what differs from this. The fields of the other
+methods (model.predictor_dims, ema, vicreg, barlow) are read only by those methods.
 """
 
 import ml_collections
@@ -16,8 +17,8 @@ from rwl_jax.data.recipe import CIFAR10_MEAN, CIFAR10_STD
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  config.method = "rwl"
-  config.temperature = 0.4
+  config.method = "rwl"  # rwl, simclr, byol, byol_gsg, simsiam, simsiam_gsg, vicreg, barlow
+  config.temperature = 0.4  # rwl and simclr only
   config.seed = 0
   config.num_epochs = 100
   config.global_batch_size = 256
@@ -26,7 +27,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.encoder = "resnet18"
   config.model.width = 64
   config.model.projector_dims = (512, 512)  # encoder 512 -> 512 -> 512
-  config.model.projector_batch_norm = False
+  config.model.projector_batch_norm = False  # BatchNorm between the projector's layers
+  # Prediction head of byol, simsiam and their GSG variants (hidden..., output), BatchNorm between
+  # layers; the output size must equal projector_dims[-1]. Unused by the other methods.
+  config.model.predictor_dims = (512, 512)
   config.model.dtype = "float32"  # compute dtype; parameters and the loss stay float32
 
   config.optimizer = ml_collections.ConfigDict()
@@ -37,6 +41,28 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.weight_decay = 5e-4  # on every parameter, as torch.optim.SGD does
   config.optimizer.warmup_epochs = 0  # the reference has no warm-up at batch 256
   config.optimizer.final_lr_fraction = 0.0  # cosine decays to learning_rate * this
+  config.optimizer.trust_coefficient = 0.001  # LARS eta (optax's default); unused by sgd
+
+  # BYOL's EMA target network (byol, byol_gsg): its momentum rises from base_momentum to 1 with a
+  # cosine over the run, m(k) = 1 - (1 - base_momentum) (cos(pi k / K) + 1) / 2.
+  config.ema = ml_collections.ConfigDict()
+  config.ema.base_momentum = 0.99
+
+  # VICReg loss: sim_coeff * invariance + std_coeff * variance + cov_coeff * covariance, the paper's
+  # (lambda, mu, nu) = (25, 25, 1); gamma is the target std, epsilon the one inside its sqrt.
+  config.vicreg = ml_collections.ConfigDict()
+  config.vicreg.sim_coeff = 25.0
+  config.vicreg.std_coeff = 25.0
+  config.vicreg.cov_coeff = 1.0
+  config.vicreg.gamma = 1.0
+  config.vicreg.epsilon = 1e-4
+
+  # Barlow Twins loss: scale * (sum_k (1 - C_kk)^2 + lambd * sum_{k != l} C_kl^2); scale is
+  # solo-learn's scale_loss (1.0 in the official code), epsilon BatchNorm's inside the sqrt.
+  config.barlow = ml_collections.ConfigDict()
+  config.barlow.lambd = 0.0051
+  config.barlow.scale = 1.0
+  config.barlow.epsilon = 1e-5
 
   config.data = ml_collections.ConfigDict()
   config.data.tfds_name = "cifar10"

@@ -104,9 +104,11 @@ def benchmark_step(config, *, steps: int, warmup: int,
   """Compiles the real train step and times it on random views already sharded on the mesh."""
   mesh = parallel.make_mesh()
   parallel.check_batch_divisible(config.global_batch_size, mesh)
-  tx, _ = train.create_optimizer(config, steps_per_epoch=max(1, 50_000 // config.global_batch_size))
+  steps_per_epoch = max(1, 50_000 // config.global_batch_size)
+  tx, _ = train.create_optimizer(config, steps_per_epoch=steps_per_epoch)
   defs, state = train.create_train_state(config, tx, mesh)
-  step_fn = train.make_train_step(defs, tx, methods.loss_fn(config))
+  step_fn = train.make_train_step(defs, tx, methods.get(config), seed=config.seed,
+                                  total_steps=steps_per_epoch * config.num_epochs)
   size = config.data.image_size
   rng = np.random.default_rng(0)
   batch = parallel.to_global(

@@ -30,12 +30,19 @@ from rwl_jax.metrics import MetricWriter, log_progress
 
 @struct.dataclass
 class TrainState:
-  """Everything a step reads and writes; a pytree, so it shards and checkpoints as one."""
+  """Everything a step reads and writes; a pytree, so it shards and checkpoints as one.
+
+  target_params / target_batch_stats: the EMA target network of BYOL-style methods, a full copy of
+  the online network's state (same graph, so the same pytree structure; its predictor copy is never
+  called), and empty States for methods without a target.
+  """
 
   step: jax.Array
   params: nnx.State
   batch_stats: nnx.State
   opt_state: optax.OptState
+  target_params: nnx.State
+  target_batch_stats: nnx.State
 
 
 @struct.dataclass
@@ -85,7 +92,8 @@ def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
     # LARS convention: no weight decay or trust ratio on biases and BatchNorm parameters.
     matrices_only = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
     tx = optax.lars(schedule, weight_decay=opt.weight_decay, weight_decay_mask=matrices_only,
-                    trust_ratio_mask=matrices_only, momentum=opt.momentum, nesterov=opt.nesterov)
+                    trust_coefficient=opt.trust_coefficient, trust_ratio_mask=matrices_only,
+                    momentum=opt.momentum, nesterov=opt.nesterov)
   return tx, schedule
 
 
@@ -93,9 +101,11 @@ def create_train_state(config: ml_collections.ConfigDict, tx: optax.GradientTran
                        mesh: jax.sharding.Mesh) -> tuple[ModelDefs, TrainState]:
   """Builds the network and optimizer state directly into replicated device memory.
 
-  The shapes come from eval_shape first, so the parameters are created once, already sharded.
+  The shapes come from eval_shape first, so the parameters are created once, already sharded. A
+  method with an EMA target starts it as an exact copy of the online network (BYOL).
   """
-  build = lambda: models.build_network(config.model, seed=config.seed)
+  method = methods.get(config)
+  build = lambda: models.build_network(config.model, seed=config.seed, predictor=method.predictor)
   abstract_model = nnx.eval_shape(build)
   train_def = nnx.split(abstract_model, nnx.Param, nnx.BatchStat)[0]
   abstract_model.eval()  # BatchNorm uses its running statistics in evaluation.
@@ -103,36 +113,75 @@ def create_train_state(config: ml_collections.ConfigDict, tx: optax.GradientTran
 
   def init() -> TrainState:
     _, params, batch_stats = nnx.split(build(), nnx.Param, nnx.BatchStat)
+    if method.ema_target:
+      target_params, target_batch_stats = jax.tree.map(jnp.copy, (params, batch_stats))
+    else:
+      target_params, target_batch_stats = nnx.State({}), nnx.State({})
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                      opt_state=tx.init(params))
+                      opt_state=tx.init(params), target_params=target_params,
+                      target_batch_stats=target_batch_stats)
 
   state = jax.jit(init, out_shardings=parallel.replicated(mesh))()
   return ModelDefs(train=train_def, eval=eval_def), state
 
 
-def make_train_step(defs: ModelDefs, tx: optax.GradientTransformation,
-                    loss_fn: methods.LossFn) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-  """The pure step: (state, batch) -> (state, metrics); batch holds 'view1' and 'view2'."""
+def make_train_step(defs: ModelDefs, tx: optax.GradientTransformation, method: methods.Method,
+                    *, seed: int, total_steps: int
+                    ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+  """The pure step: (state, batch) -> (state, metrics); batch holds 'view1' and 'view2'.
+
+  Randomness (GSG's pairing) comes from methods.step_key(seed, state.step), so a resumed run
+  repeats the same steps exactly. With an EMA target, the momentum follows
+  methods.ema_momentum(state.step, total_steps, method.base_momentum) and the target moves toward
+  the online parameters AFTER this step's update, as in BYOL.
+
+  Every branch makes one forward pass over both views concatenated, so BatchNorm sees all 2B
+  images, as in the RWL reference (the BYOL/SimSiam codes run the views separately, normalising
+  each view's B images on their own; a documented difference).
+  """
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]):
     views = jnp.concatenate([batch["view1"], batch["view2"]], axis=0)
+    key = methods.step_key(seed, state.step)
+
+    target_params, target_batch_stats = state.target_params, state.target_batch_stats
+    if method.ema_target:
+      # Outside the differentiated function and under stop_gradient: the target is never
+      # differentiated. Its BatchNorm runs in train mode on the batch (as in BYOL); its running
+      # averages are updated by its own forward passes, as the PyTorch codes' buffers are (their
+      # EMA covers parameters only). Training never reads them.
+      target = nnx.merge(defs.train, state.target_params, state.target_batch_stats)
+      _, target_projections = target(views)
+      targets = tuple(jnp.split(jax.lax.stop_gradient(target_projections.astype(jnp.float32)), 2))
+      target_batch_stats = nnx.state(target, nnx.BatchStat)
 
     model = nnx.merge(defs.train, state.params, state.batch_stats)
 
     def loss_of(model):
-      # One forward pass over both views: BatchNorm sees all 2B images, as in the reference.
       _, projections = model(views)
       z1, z2 = jnp.split(projections.astype(jnp.float32), 2)
-      return loss_fn(z1, z2)
+      p1 = p2 = None
+      if method.predictor:
+        p1, p2 = jnp.split(model.predictor(projections).astype(jnp.float32), 2)
+      # Without an EMA network the targets are the online projections (SimSiam); the predictive
+      # losses stop their gradient themselves.
+      return method.loss(methods.Outputs(z1, z2, p1, p2),
+                         targets if method.ema_target else (z1, z2), key)
 
     # nnx.value_and_grad differentiates the Params and carries BatchNorm's updates out.
     loss, grads = nnx.value_and_grad(loss_of)(model)
     batch_stats = nnx.state(model, nnx.BatchStat)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+    if method.ema_target:
+      momentum = methods.ema_momentum(state.step, total_steps, method.base_momentum)
+      target_params = methods.ema_update(state.target_params, params, momentum)
+      metrics["ema_momentum"] = momentum
     new_state = TrainState(step=state.step + 1, params=params, batch_stats=batch_stats,
-                           opt_state=opt_state)
-    return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+                           opt_state=opt_state, target_params=target_params,
+                           target_batch_stats=target_batch_stats)
+    return new_state, metrics
 
   return train_step
 
@@ -239,7 +288,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     logging.info("resumed from %s at step %d", checkpointer.directory, latest)
   _save_config(config, workdir_path)
 
-  train_step = compile_train_step(make_train_step(defs, tx, methods.loss_fn(config)), mesh)
+  train_step = compile_train_step(
+      make_train_step(defs, tx, methods.get(config), seed=config.seed, total_steps=num_steps), mesh)
   writer = MetricWriter(workdir_path)
   metrics = _MetricBuffer()
   step = int(parallel.fetch(state.step))

@@ -79,6 +79,7 @@ def tiny_config(image_dir: pathlib.Path, cache_dir: pathlib.Path, method: str = 
   config.global_batch_size = 32
   config.model.width = 8
   config.model.projector_dims = (32, 16)
+  config.model.predictor_dims = (32, 16)  # byol, simsiam and their GSG variants
   config.data.image_dir = str(image_dir)
   config.data.cache_dir = str(cache_dir)
   config.eval.batch_size = 128

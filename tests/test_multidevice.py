@@ -1,5 +1,6 @@
 """Train steps on 8 simulated CPU devices equal the same steps on 1 device (BatchNorm and loss
-over the global batch, parameters replicated)."""
+over the global batch, parameters replicated), for every method (EMA target and GSG pairing
+included)."""
 
 import json
 import os
@@ -8,6 +9,7 @@ import sys
 import textwrap
 
 from conftest import REPO
+from rwl_jax import methods
 
 # Runs in a fresh process: the device count is fixed when JAX starts.
 _SCRIPT = textwrap.dedent("""
@@ -18,12 +20,13 @@ _SCRIPT = textwrap.dedent("""
 
     assert jax.device_count() == 8, jax.devices()
     results = {}
-    for method in ("rwl", "simclr"):
+    for method in methods.METHODS:
       config = common.get_config()
       config.method = method
       config.global_batch_size = 16
       config.model.width = 4
       config.model.projector_dims = (16, 8)
+      config.model.predictor_dims = (16, 8)
       rng = np.random.default_rng(0)
       batch = {k: rng.normal(size=(16, 32, 32, 3)).astype(np.float32) for k in ("view1", "view2")}
       outcome = []
@@ -31,15 +34,25 @@ _SCRIPT = textwrap.dedent("""
         mesh = parallel.make_mesh(devices)
         tx, _ = train.create_optimizer(config, steps_per_epoch=10)
         defs, state = train.create_train_state(config, tx, mesh)
-        step = train.compile_train_step(train.make_train_step(defs, tx, methods.loss_fn(config)), mesh)
+        step_fn = train.make_train_step(defs, tx, methods.get(config), seed=0, total_steps=20)
+        step = train.compile_train_step(step_fn, mesh)
         for _ in range(2):
           state, metrics = step(state, parallel.to_global(batch, mesh))
-        leaves = [np.asarray(x) for x in jax.tree.leaves((state.params, state.batch_stats))]
+        flat = jax.tree_util.tree_flatten_with_path(
+            (state.params, state.batch_stats, state.target_params, state.target_batch_stats))[0]
+        leaves = [(jax.tree_util.keystr(path), np.asarray(x)) for path, x in flat]
         outcome.append((float(metrics["loss"]), leaves, len(state.params["encoder"]["stem_conv"]["kernel"].sharding.device_set)))
       (loss1, leaves1, n1), (loss8, leaves8, n8) = outcome
-      # Relative error of each parameter / statistic tensor, in the Frobenius norm.
-      worst = max(float(np.linalg.norm(a - b) / max(np.linalg.norm(a), 1e-12)) for a, b in zip(leaves1, leaves8))
-      results[method] = {"loss1": loss1, "loss8": loss8, "worst_relative": worst,
+      # Relative error of each parameter / statistic tensor, in the Frobenius norm, with a floor of
+      # 1e-2 on the norm: a tensor that small after two steps (norms ~1e-7) had an analytically zero
+      # gradient (a bias right before a BatchNorm, which cancels it; the last projector bias under
+      # the shift-invariant Barlow Twins / VICReg losses) and holds only rounding noise. Every
+      # tensor that moves has a norm >= 1e-2 here (the smallest, stem_bn's bias, ~1e-2).
+      errors = [(float(np.linalg.norm(a - b) / max(np.linalg.norm(a), 1e-2)), name,
+                 float(np.linalg.norm(a))) for (name, a), (_, b) in zip(leaves1, leaves8)]
+      worst = max(errors)
+      results[method] = {"loss1": loss1, "loss8": loss8, "worst_relative": worst[0],
+                         "worst_leaf": worst[1], "worst_leaf_norm": worst[2],
                          "param_devices": [n1, n8]}
     print("RESULT " + json.dumps(results))
 """)
@@ -53,7 +66,16 @@ def test_one_and_eight_devices_agree():
   assert done.returncode == 0, done.stderr[-3000:]
   line = next(l for l in done.stdout.splitlines() if l.startswith("RESULT "))
   results = json.loads(line[len("RESULT "):])
-  for method, r in results.items():
-    assert abs(r["loss1"] - r["loss8"]) <= 1e-5 * abs(r["loss1"]), (method, r)
-    assert r["worst_relative"] < 1e-5, (method, r)
-    assert r["param_devices"] == [1, 8], (method, r)  # replicated over the whole mesh
+  assert sorted(results) == sorted(methods.METHODS)
+  # rwl and simclr keep their strict 1e-5. The other losses are less well conditioned at 16
+  # images and 8 dims (Barlow Twins standardises each dim by a 16-row std, VICReg divides by it,
+  # the predictors add a BatchNorm, BYOL a second network), so the 8-shard reduction order's
+  # rounding grows more over two steps (measured: loss ~1e-5, tensors ~1e-4 relative); they are
+  # held to 1e-4 on the loss and 1e-3 on the tensors.
+  strict = ("rwl", "simclr")
+  failures = [(method, r) for method, r in results.items()
+              if not (abs(r["loss1"] - r["loss8"]) <= (1e-5 if method in strict else 1e-4)
+                      * abs(r["loss1"])
+                      and r["worst_relative"] < (1e-5 if method in strict else 1e-3)
+                      and r["param_devices"] == [1, 8])]  # replicated over the whole mesh
+  assert not failures, (failures, results)

@@ -1,0 +1,29 @@
+"""Barlow Twins on CIFAR-10 with solo-learn's CIFAR-10 settings (the paper has no CIFAR-10 recipe).
+
+Zbontar et al., "Barlow Twins", ICML 2021; lambda = 0.0051 as in the official code. Settings from
+solo-learn scripts/pretrain/cifar/barlow.yaml: ResNet-18, projector 512-2048-2048-2048 with
+BatchNorm, loss scale 0.1, LARS lr 0.3 (eta 0.02, no weight decay or trust ratio on biases and
+BatchNorm), weight decay 1e-4, batch 256, warm-up 10 epochs then cosine, 1000 epochs. Not modelled
+here: solo-learn's asymmetric views (blur, solarisation; the common views are used), LARS lr
+clipping, mixed precision.
+
+  python -m rwl_jax.main --config=configs/cifar10_barlow.py --workdir=runs/barlow
+"""
+
+from configs import common
+
+
+def get_config():
+  config = common.get_config()
+  config.method = "barlow"
+  config.num_epochs = 1000
+  config.model.projector_dims = (2048, 2048, 2048)
+  config.model.projector_batch_norm = True
+  config.barlow.lambd = 0.0051
+  config.barlow.scale = 0.1
+  config.optimizer.name = "lars"
+  config.optimizer.learning_rate = 0.3
+  config.optimizer.weight_decay = 1e-4
+  config.optimizer.trust_coefficient = 0.02
+  config.optimizer.warmup_epochs = 10
+  return config

@@ -1,0 +1,18 @@
+"""BYOL with guided stop-gradient (GSG) pairing on CIFAR-10: configs/cifar10_byol.py's settings.
+
+Lee & Lee, "Implicit Contrastive Representation Learning with Guided Stop-gradient", NeurIPS 2023;
+official code github.com/bych-lee/gsg (ImageNet only). GSG changes only which view of each image
+is predicted and which is the target (a random pairing of the batch's images, see
+rwl_jax/losses/gsg.py), so every other setting is BYOL's (solo-learn CIFAR-10, see there); the
+loss is GSG's negative cosine, as in the official code for both BYOL-GSG and SimSiam-GSG.
+
+  python -m rwl_jax.main --config=configs/cifar10_byol_gsg.py --workdir=runs/byol_gsg
+"""
+
+from configs import cifar10_byol
+
+
+def get_config():
+  config = cifar10_byol.get_config()
+  config.method = "byol_gsg"
+  return config

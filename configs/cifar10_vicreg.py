@@ -1,0 +1,31 @@
+"""VICReg on CIFAR-10 with solo-learn's CIFAR-10 settings (the VICReg paper has no CIFAR-10 recipe).
+
+Bardes, Ponce, LeCun, "VICReg", ICLR 2022; loss coefficients (25, 25, 1) as in the paper. Settings
+from solo-learn scripts/pretrain/cifar/vicreg.yaml: ResNet-18, projector 512-2048-2048-2048 with
+BatchNorm, LARS lr 0.3 (eta 0.02, no weight decay or trust ratio on biases and BatchNorm), weight
+decay 1e-4, batch 256, warm-up 10 epochs then cosine, 1000 epochs; views with crop scale 0.2-1 and
+colour-jitter saturation 0.2. Not modelled here: solarisation (p 0.1), LARS lr clipping, mixed
+precision.
+
+  python -m rwl_jax.main --config=configs/cifar10_vicreg.py --workdir=runs/vicreg
+"""
+
+from configs import common
+
+
+def get_config():
+  config = common.get_config()
+  config.method = "vicreg"
+  config.num_epochs = 1000
+  config.model.projector_dims = (2048, 2048, 2048)
+  config.model.projector_batch_norm = True
+  config.vicreg.sim_coeff = 25.0
+  config.vicreg.std_coeff = 25.0
+  config.vicreg.cov_coeff = 1.0
+  config.optimizer.name = "lars"
+  config.optimizer.learning_rate = 0.3
+  config.optimizer.weight_decay = 1e-4
+  config.optimizer.trust_coefficient = 0.02
+  config.optimizer.warmup_epochs = 10
+  config.augment.saturation = 0.2
+  return config
