@@ -75,6 +75,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.max_train_examples = 0  # 0 = all; a prefix of the shuffled split, for quick runs
   config.data.max_eval_examples = 0
   config.data.prefetch_batches = 2
+  # Where the two views are made: "host" (tf.data on the CPU, any dataset size) or "device" (the
+  # uint8 split in accelerator memory, JAX augmentation inside the step; same recipe and laws).
+  config.data.augment_on = "host"
 
   config.augment = ml_collections.ConfigDict()
   config.augment.crop_scale = (0.2, 1.0)

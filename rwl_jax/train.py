@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import pathlib
+import signal
+import threading
 import time
 from typing import Any, Callable
 
@@ -21,7 +23,7 @@ from flax import nnx, struct
 
 from rwl_jax import methods, models, parallel
 from rwl_jax.checkpoint import Checkpointer
-from rwl_jax.data import sources
+from rwl_jax.data import device_pipeline, order, sources
 from rwl_jax.data.recipe import AugmentRecipe
 from rwl_jax.errors import ConfigError, RunError
 from rwl_jax.evaluate import features as feature_lib
@@ -70,6 +72,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                       f"{config.optimizer.warmup_epochs}")
   if config.log_every_steps < 1 or config.checkpoint_every_epochs < 1 or config.keep_checkpoints < 1:
     raise ConfigError("log_every_steps, checkpoint_every_epochs and keep_checkpoints must be >= 1")
+  if config.data.augment_on not in ("host", "device"):
+    raise ConfigError(f"data.augment_on must be 'host' (tf.data) or 'device' (JAX), got "
+                      f"{config.data.augment_on!r}")
   if config.eval.batch_size < 1:
     raise ConfigError(f"eval.batch_size must be >= 1, got {config.eval.batch_size}")
   AugmentRecipe.from_config(config.augment)
@@ -258,13 +263,63 @@ class _MetricBuffer:
     return {name: float(np.mean([m[name] for m in stacked])) for name in stacked[0]}
 
 
+class _Terminated(Exception):
+  """SIGTERM (preemption, scheduler time limit) arrived during training."""
+
+
+def _sigterm_as_interrupt() -> Callable[[], None]:
+  """Turns SIGTERM into _Terminated in the main thread, so the loop saves and exits; returns undo."""
+  if threading.current_thread() is not threading.main_thread():
+    return lambda: None
+
+  def handler(signum, frame):
+    del signum, frame
+    raise _Terminated()
+
+  previous = signal.signal(signal.SIGTERM, handler)
+  return lambda: signal.signal(signal.SIGTERM, previous)
+
+
+def _input_path(config, base_step, train_split: sources.ArraySplit, recipe: AugmentRecipe,
+                mesh: jax.sharding.Mesh):
+  """(compiled step, epoch_inputs(epoch, start_step) -> iterator of the step's extra arguments).
+
+  'host': tf.data makes the two views on the CPU and each step receives them.
+  'device': the uint8 split lives on the devices and each step receives only the batch's indices;
+  the same epoch order, views made in JAX inside the step (device_pipeline).
+  """
+  local_batch = config.global_batch_size // jax.process_count()
+  rows = slice(jax.process_index() * local_batch, (jax.process_index() + 1) * local_batch)
+  if config.data.augment_on == "host":
+    from rwl_jax.data import pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow)
+
+    def host_inputs(epoch: int, start_step: int):
+      for batch in pipeline.train_batches(
+          train_split, global_batch_size=config.global_batch_size, recipe=recipe,
+          seed=config.seed, epoch=epoch, start_step=start_step,
+          process_index=jax.process_index(), process_count=jax.process_count(),
+          prefetch=config.data.prefetch_batches):
+        yield (parallel.to_global({"view1": batch["view1"], "view2": batch["view2"]}, mesh),)
+
+    return compile_train_step(base_step, mesh), host_inputs
+
+  images = device_pipeline.put_dataset(train_split.images, mesh)
+  step = device_pipeline.with_device_views(base_step, recipe, seed=config.seed,
+                                           image_size=config.data.image_size)
+
+  def device_inputs(epoch: int, start_step: int):
+    indices = order.epoch_order(len(train_split), config.global_batch_size, config.seed, epoch)
+    for global_indices in indices[start_step:]:
+      yield images, parallel.to_global(global_indices[rows].astype(np.int32), mesh)
+
+  return device_pipeline.compile_device_step(step, mesh), device_inputs
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains config.method on config.data, resuming from workdir's checkpoints; returns results.
 
   Writes workdir/config.json, TensorBoard events, metrics.jsonl, checkpoints/ and results.json.
   """
-  from rwl_jax.data import pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow)
-
   validate_config(config)
   workdir_path = pathlib.Path(workdir).expanduser()
   workdir_path.mkdir(parents=True, exist_ok=True)
@@ -272,7 +327,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   parallel.check_batch_divisible(config.global_batch_size, mesh)
 
   train_split, test_split = load_data(config)
-  steps_per_epoch = pipeline.steps_per_epoch(len(train_split), config.global_batch_size)
+  steps_per_epoch = order.steps_per_epoch(len(train_split), config.global_batch_size)
   if steps_per_epoch < 1:
     raise ConfigError(f"global_batch_size={config.global_batch_size} is larger than the "
                       f"{len(train_split)} training images")
@@ -288,8 +343,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     logging.info("resumed from %s at step %d", checkpointer.directory, latest)
   _save_config(config, workdir_path)
 
-  train_step = compile_train_step(
-      make_train_step(defs, tx, methods.get(config), seed=config.seed, total_steps=num_steps), mesh)
+  base_step = make_train_step(defs, tx, methods.get(config), seed=config.seed,
+                              total_steps=num_steps)
+  train_step, epoch_inputs = _input_path(config, base_step, train_split, recipe, mesh)
   writer = MetricWriter(workdir_path)
   metrics = _MetricBuffer()
   step = int(parallel.fetch(state.step))
@@ -300,21 +356,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                config.method, len(train_split), len(test_split), mesh.devices.size, num_steps,
                config.global_batch_size)
 
+  if config.eval.knn_every_epochs and step == 0:
+    # The untrained network's kNN: the origin of the accuracy-against-time curve.
+    writer.write_scalars(0, evaluate(config, defs, state, train_split, test_split, mesh,
+                                     linear=False))
+
   epoch_seconds: list[float] = []
   images_per_second: list[float] = []
   log_start_time, log_start_step = time.perf_counter(), step
+  restore_sigterm = _sigterm_as_interrupt()
   try:
     for epoch in range(step // steps_per_epoch, config.num_epochs):
       epoch_start = time.perf_counter()
       epoch_first_step = step
-      batches = pipeline.train_batches(
-          train_split, global_batch_size=config.global_batch_size, recipe=recipe,
-          seed=config.seed, epoch=epoch, start_step=step - epoch * steps_per_epoch,
-          process_index=jax.process_index(), process_count=jax.process_count(),
-          prefetch=config.data.prefetch_batches)
-      for local_batch in batches:
-        views = {"view1": local_batch["view1"], "view2": local_batch["view2"]}
-        state, step_metrics = train_step(state, parallel.to_global(views, mesh))
+      for inputs in epoch_inputs(epoch, step - epoch * steps_per_epoch):
+        state, step_metrics = train_step(state, *inputs)
         metrics.add(step_metrics)
         step += 1
         if step % config.log_every_steps == 0 or step % steps_per_epoch == 0:
@@ -337,17 +393,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         knn = evaluate(config, defs, state, train_split, test_split, mesh, linear=False)
         writer.write_scalars(step, knn)
         logging.info("epoch %d: kNN top-1 %.4f", epoch + 1, knn["knn_top1"])
-  except KeyboardInterrupt:
+  except (KeyboardInterrupt, _Terminated) as stop:
     metrics.drain(log_start_step)  # never save a state whose loss went non-finite
     checkpointer.save(step, state)
     checkpointer.close()
     writer.close()
-    raise RunError(f"interrupted at step {step}; checkpoint saved in {checkpointer.directory}, "
+    cause = "stopped by SIGTERM" if isinstance(stop, _Terminated) else "interrupted"
+    raise RunError(f"{cause} at step {step}; checkpoint saved in {checkpointer.directory}, "
                    "rerun the same command to resume") from None
   except RunError:
     checkpointer.close()
     writer.close()
     raise
+  finally:
+    restore_sigterm()
   checkpointer.close()
 
   logging.info("evaluating: kNN (k=%d) and linear probe on frozen features", config.eval.knn_k)

@@ -1,4 +1,4 @@
-"""Ctrl-C (SIGINT) during training saves a checkpoint and says how to resume: no lost work."""
+"""Ctrl-C (SIGINT) or SIGTERM (preemption) during training saves a checkpoint: no lost work."""
 
 import os
 import pathlib
@@ -8,10 +8,14 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from conftest import REPO
 
 
-def test_sigint_saves_a_checkpoint_and_the_rerun_resumes(cifar_dir, tmp_path):
+@pytest.mark.parametrize("stop, said", [(signal.SIGINT, "interrupted"),
+                                        (signal.SIGTERM, "stopped by SIGTERM")])
+def test_signal_saves_a_checkpoint_and_the_rerun_resumes(stop, said, cifar_dir, tmp_path):
   workdir = tmp_path / "work"
   command = [sys.executable, "-m", "rwl_jax.main", "--config=configs/cifar10_rwl.py",
              f"--workdir={workdir}", f"--config.data.image_dir={cifar_dir}",
@@ -25,14 +29,16 @@ def test_sigint_saves_a_checkpoint_and_the_rerun_resumes(cifar_dir, tmp_path):
   deadline = time.time() + 240
   while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
     time.sleep(0.5)
-  process.send_signal(signal.SIGINT)
+  process.send_signal(stop)
   _, stderr = process.communicate(timeout=120)
   assert process.returncode == 2, stderr[-2000:]
-  match = re.search(r"error: interrupted at step (\d+); checkpoint saved in (\S+), rerun", stderr)
+  match = re.search(rf"error: {said} at step (\d+); checkpoint saved in (\S+), rerun", stderr)
   assert match, stderr[-2000:]
   step = int(match.group(1))
   assert step >= 4 and (pathlib.Path(match.group(2)) / str(step)).is_dir()
   assert "Traceback" not in stderr
+  if stop == signal.SIGTERM:
+    return  # the resume below is the same for both signals
 
   # The same command, now for one epoch in total (fewer than the step reached would be an error),
   # resumes from that checkpoint.

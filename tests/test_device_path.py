@@ -1,0 +1,83 @@
+"""data.augment_on='device': the split on the devices, JAX views inside the step."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+
+from conftest import REPO, tiny_config
+from rwl_jax import parallel, train
+from rwl_jax.checkpoint import Checkpointer
+
+
+def final_state(config, workdir):
+  tx, _ = train.create_optimizer(config, steps_per_epoch=10)
+  _, template = train.create_train_state(config, tx, parallel.make_mesh())
+  checkpointer = Checkpointer(workdir)
+  state = checkpointer.restore(checkpointer.latest_step(), template)
+  checkpointer.close()
+  return [np.asarray(x) for x in jax.tree.leaves((state.params, state.batch_stats))]
+
+
+def test_device_augmentation_trains_and_resumes_bit_exactly(cifar_dir, tmp_path):
+  config = tiny_config(cifar_dir, tmp_path / "cache")
+  config.data.augment_on = "device"
+  config.data.max_train_examples = 160  # 5 steps of 32 per epoch
+  config.eval.linear_epochs = 1
+  results = train.train_and_evaluate(config, str(tmp_path / "straight"))
+  assert results["steps"] == 10 and 0 <= results["knn_top1"] <= 1
+  losses = [json.loads(line)["loss"] for line in
+            (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines() if "loss" in line]
+  assert len(losses) == 2 and all(np.isfinite(losses))
+
+  # The same run cut after epoch 1 (its last checkpoint removed) and started again resumes at
+  # step 5 and draws the same views and batches: bit-identical parameters at the end.
+  shutil.copytree(tmp_path / "straight", tmp_path / "resumed")
+  shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "10")
+  again = train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  assert again["steps"] == 10
+  for a, b in zip(final_state(config, tmp_path / "straight"), final_state(config, tmp_path / "resumed")):
+    np.testing.assert_array_equal(a, b)
+
+
+_SCRIPT = textwrap.dedent("""
+    import json, jax, numpy as np
+    from configs import common
+    from rwl_jax import methods, parallel, train
+    from rwl_jax.data import device_pipeline
+    from rwl_jax.data.recipe import AugmentRecipe
+    config = common.get_config()
+    config.global_batch_size = 16
+    config.model.width = 4
+    config.model.projector_dims = (16, 8)
+    images = np.random.default_rng(0).integers(0, 256, size=(64, 32, 32, 3), dtype=np.uint8)
+    indices = np.arange(16, dtype=np.int32) * 3
+    losses = []
+    for devices in (jax.devices()[:1], jax.devices()):
+      mesh = parallel.make_mesh(devices)
+      tx, _ = train.create_optimizer(config, steps_per_epoch=10)
+      defs, state = train.create_train_state(config, tx, mesh)
+      base = train.make_train_step(defs, tx, methods.get(config), seed=0, total_steps=20)
+      step = device_pipeline.compile_device_step(device_pipeline.with_device_views(
+          base, AugmentRecipe(), seed=0, image_size=32), mesh)
+      data = device_pipeline.put_dataset(images, mesh)
+      for _ in range(2):
+        state, metrics = step(state, data, parallel.to_global(indices, mesh))
+      losses.append(float(metrics["loss"]))
+    print("RESULT " + json.dumps(losses))
+""")
+
+
+def test_device_views_do_not_depend_on_the_device_count():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+  done = subprocess.run([sys.executable, "-c", _SCRIPT], cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  one, eight = json.loads(next(l for l in done.stdout.splitlines() if l.startswith("RESULT "))[7:])
+  assert abs(one - eight) <= 1e-5 * abs(one)
