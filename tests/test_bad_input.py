@@ -30,9 +30,17 @@ def run(config, tmp_path):
     (dict(num_epochs=-3), "num_epochs must be a positive integer"),
     (dict(global_batch_size=1), "global_batch_size must be >= 2"),
     (dict(global_batch_size=4096), "larger than the 640 training images"),
+    (dict(optimizer=dict(name="adamw2")), "unknown optimizer.name 'adamw2'"),
+    (dict(data=dict(augment_on="gpu")), "data.augment_on must be 'host'"),
+    (dict(augment=dict(crop_scale=(0.2, 1.5))), "augment.crop_scale must satisfy"),
+    (dict(augment=dict(jitter_prob=1.2)), r"augment.jitter_prob must be a probability"),
 ])
 def test_config_values(config, tmp_path, override, message):
-  config.update(override)
+  for key, value in override.items():
+    if isinstance(value, dict):
+      config[key].update(value)
+    else:
+      config[key] = value
   with pytest.raises(ConfigError, match=message):
     run(config, tmp_path)
 
@@ -100,3 +108,35 @@ def test_checkpoint_of_another_model(config, tmp_path):
   config.model.width = 16  # same workdir, different shapes
   with pytest.raises(ConfigError, match="does not match this config"):
     run(config, tmp_path)
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
+    config, tmp_path, monkeypatch):
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from rwl_jax.errors import RunError  # pylint: disable=g-import-not-at-top
+
+  real_make_train_step = train.make_train_step
+
+  def diverging(*args, **kwargs):
+    step = real_make_train_step(*args, **kwargs)
+
+    def poisoned(state, batch):  # from the 7th step on, the loss is NaN
+      new_state, metrics = step(state, batch)
+      return new_state, {**metrics, "loss": jnp.where(state.step >= 6, jnp.nan, metrics["loss"])}
+
+    return poisoned
+
+  monkeypatch.setattr(train, "make_train_step", diverging)
+  config.num_epochs = 3
+  config.data.max_train_examples = 160  # 5 steps per epoch
+  with pytest.raises(RunError, match=r"loss became nan at step 7; stopped without saving it"):
+    run(config, tmp_path)
+  saved = sorted(int(p.name) for p in (tmp_path / "work" / "checkpoints").iterdir() if p.name.isdigit())
+  assert saved == [5]
+
+
+def test_evaluate_a_directory_that_is_not_a_run(tmp_path):
+  from rwl_jax.evaluate.__main__ import evaluate_checkpoint  # pylint: disable=g-import-not-at-top
+
+  with pytest.raises(ConfigError, match="config.json not found: --workdir must be a directory"):
+    evaluate_checkpoint(str(tmp_path))
