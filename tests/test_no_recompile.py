@@ -1,0 +1,34 @@
+"""The jitted steps compile once: later steps (new batches, new state) reuse the executable."""
+
+import numpy as np
+
+from configs import common
+from rwl_jax import methods, parallel, train
+from rwl_jax.data import device_pipeline
+from rwl_jax.data.recipe import AugmentRecipe
+
+
+def test_host_and_device_steps_compile_once():
+  config = common.get_config()
+  config.global_batch_size = 8
+  config.model.width = 4
+  config.model.projector_dims = (8, 8)
+  mesh = parallel.make_mesh()
+  tx, _ = train.create_optimizer(config, steps_per_epoch=10)
+  defs, state = train.create_train_state(config, tx, mesh)
+  base = train.make_train_step(defs, tx, methods.get(config), seed=0, total_steps=20)
+  host_step = train.compile_train_step(base, mesh)
+  rng = np.random.default_rng(0)
+  for _ in range(3):
+    batch = {k: rng.normal(size=(8, 32, 32, 3)).astype(np.float32) for k in ("view1", "view2")}
+    state, metrics = host_step(state, parallel.to_global(batch, mesh))
+  assert host_step._cache_size() == 1  # pylint: disable=protected-access
+
+  device_step = device_pipeline.compile_device_step(
+      device_pipeline.with_device_views(base, AugmentRecipe(), seed=0, image_size=32), mesh)
+  images = device_pipeline.put_dataset(rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8), mesh)
+  for step in range(3):
+    indices = np.arange(8, dtype=np.int32) + step
+    state, metrics = device_step(state, images, parallel.to_global(indices, mesh))
+  assert device_step._cache_size() == 1  # pylint: disable=protected-access
+  assert np.isfinite(float(metrics["loss"]))
