@@ -7,6 +7,7 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from absl import logging
 
 from rwl_jax.errors import ConfigError
@@ -44,6 +45,30 @@ class Checkpointer:
       raise ConfigError(f"checkpoint {self.directory}/{step} does not match this config "
                         f"({mismatch}); use a new --workdir or the config it was trained with")
     return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+  def restore_newest_readable(self, target: Any) -> tuple[int | None, Any]:
+    """(step, state) from the newest checkpoint that reads back; (None, target) if there is none.
+
+    A damaged newest checkpoint (a file lost or cut short on a failing disk) gets a warning and
+    the previous one is used, so a crash during saving never costs more than one interval.
+    A checkpoint of another model is still an error: falling back past it would hide it.
+    """
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        return step, self.restore(step, target)
+      except ConfigError:
+        raise
+      except Exception as error:  # Orbax/TensorStore raise many types for unreadable data.
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        logging.warning("checkpoint %s/%d is unreadable (%s); kept as %d.unreadable, trying "
+                        "the previous one", self.directory, step, first_line, step)
+        if jax.process_index() == 0:
+          # Set aside, not deleted: the run will save this step again, and the bytes may matter.
+          (self.directory / str(step)).rename(self.directory / f"{step}.unreadable")
+        if jax.process_count() > 1:
+          multihost_utils.sync_global_devices(f"set aside checkpoint {step}")
+        self._manager.reload()
+    return None, target
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

@@ -337,10 +337,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   tx, schedule = create_optimizer(config, steps_per_epoch)
   defs, state = create_train_state(config, tx, mesh)
   checkpointer = Checkpointer(workdir_path, keep=config.keep_checkpoints)
-  latest = checkpointer.latest_step()
-  if latest is not None:
-    state = checkpointer.restore(latest, state)
-    logging.info("resumed from %s at step %d", checkpointer.directory, latest)
+  resumed_step, state = checkpointer.restore_newest_readable(state)
+  if resumed_step is not None:
+    logging.info("resumed from %s at step %d", checkpointer.directory, resumed_step)
   _save_config(config, workdir_path)
 
   base_step = make_train_step(defs, tx, methods.get(config), seed=config.seed,
