@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rwl_jax.data.recipe import AugmentRecipe
+from rwl_jax.data.recipe import LUMA, AugmentRecipe, central_crop
 
 # torchvision's RandomResizedCrop tries this many (scale, ratio) draws before falling back.
 _CROP_ATTEMPTS = 10
@@ -47,26 +47,10 @@ _CORNER_I, _CORNER_J, _FLIP, _JITTER, _B, _C, _S, _H, _GRAY = range(2 * _CROP_AT
                                                                     2 * _CROP_ATTEMPTS + 9)
 _ORDER = slice(2 * _CROP_ATTEMPTS + 9, 2 * _CROP_ATTEMPTS + 13)
 _NUM_UNIFORMS = 2 * _CROP_ATTEMPTS + 13
-# ITU-R 601-2 luma, as torchvision's rgb_to_grayscale (and augment_tf).
-_LUMA = (0.299, 0.587, 0.114)
 # Position of each colour operation in `jitter_order`; _IDENTITY marks images without jitter.
 _BRIGHTNESS, _CONTRAST, _SATURATION, _HUE, _IDENTITY = 0, 1, 2, 3, 4
 # float32 matmuls must not drop to TF32/bf16 passes on GPU: the resize weights need ~1e-6.
 _PRECISION = jax.lax.Precision.HIGHEST
-
-
-def _central_crop(height: int, width: int, ratio: tuple[float, float]) -> tuple[int, int, int, int]:
-  """torchvision's fallback crop (i, j, h, w): the whole image, clamped to the ratio range."""
-  in_ratio = width / height
-  if in_ratio < min(ratio):
-    w = width
-    h = int(round(w / min(ratio)))
-  elif in_ratio > max(ratio):
-    h = height
-    w = int(round(h * max(ratio)))
-  else:
-    w, h = width, height
-  return (height - h) // 2, (width - w) // 2, h, w
 
 
 def _exact_fraction(numerator: jax.Array, denominator: int) -> jax.Array:
@@ -103,7 +87,7 @@ def _sample_crop(u: jax.Array, height: int, width: int,
   # randint[0, H - h] inclusive; the minimum guards against u rounding up to 1.
   i = jnp.minimum(jnp.floor(u[:, _CORNER_I] * (height - h + 1.0)), height - h)
   j = jnp.minimum(jnp.floor(u[:, _CORNER_J] * (width - w + 1.0)), width - w)
-  fallback = _central_crop(height, width, recipe.crop_ratio)
+  fallback = central_crop(height, width, recipe.crop_ratio)
   i, j, h, w = (jnp.where(found, v, float(fb)) for v, fb in zip((i, j, h, w), fallback))
   return i, j, h, w
 
@@ -208,7 +192,7 @@ def _crop_resize_flip(images: jax.Array, crop_box: jax.Array, flip: jax.Array,
 
 def _grayscale(x: jax.Array) -> jax.Array:
   """Luma, [..., 1]."""
-  return jnp.sum(x * jnp.asarray(_LUMA, x.dtype), axis=-1, keepdims=True)
+  return jnp.sum(x * jnp.asarray(LUMA, x.dtype), axis=-1, keepdims=True)
 
 
 def _adjust_hue(x: jax.Array, shift: jax.Array) -> jax.Array:

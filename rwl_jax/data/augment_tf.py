@@ -28,12 +28,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402  (must follow the log-level setting)
 
-from rwl_jax.data.recipe import AugmentRecipe  # noqa: E402
+from rwl_jax.data.recipe import LUMA, AugmentRecipe, central_crop  # noqa: E402
 
 # torchvision's RandomResizedCrop tries this many (scale, ratio) draws before falling back.
 _CROP_ATTEMPTS = 10
-# ITU-R 601-2 luma, as torchvision's rgb_to_grayscale (tf.image's uses 0.2989 for red).
-_LUMA = (0.299, 0.587, 0.114)
 # Position of each colour operation in `jitter_order`.
 _BRIGHTNESS, _CONTRAST, _SATURATION, _HUE = 0, 1, 2, 3
 # Philox explicitly, so the same seed gives the same view on every device.
@@ -43,20 +41,6 @@ _ALG = "philox"
 def _uniform(shape, seed, minval=0.0, maxval=1.0, dtype=tf.float32) -> tf.Tensor:
   return tf.random.stateless_uniform(shape, seed, minval=minval, maxval=maxval, dtype=dtype,
                                      alg=_ALG)
-
-
-def _central_crop(height: int, width: int, ratio: tuple[float, float]) -> tuple[int, int, int, int]:
-  """torchvision's fallback crop (i, j, h, w): the whole image, clamped to the ratio range."""
-  in_ratio = width / height
-  if in_ratio < min(ratio):
-    w = width
-    h = int(round(w / min(ratio)))
-  elif in_ratio > max(ratio):
-    h = height
-    w = int(round(h * max(ratio)))
-  else:
-    w, h = width, height
-  return (height - h) // 2, (width - w) // 2, h, w
 
 
 def _sample_crop(seeds: tf.Tensor, batch_size, height: int, width: int,
@@ -80,7 +64,7 @@ def _sample_crop(seeds: tf.Tensor, batch_size, height: int, width: int,
   # randint[0, H - h] inclusive; the minimum guards against u rounding up to 1.
   i = tf.minimum(tf.floor(corner[:, 0] * (height - h + 1.0)), height - h)
   j = tf.minimum(tf.floor(corner[:, 1] * (width - w + 1.0)), width - w)
-  fallback = [tf.constant(float(v), tf.float64) for v in _central_crop(height, width, recipe.crop_ratio)]
+  fallback = [tf.constant(float(v), tf.float64) for v in central_crop(height, width, recipe.crop_ratio)]
   i, j, h, w = (tf.where(found, v, fb) for v, fb in zip((i, j, h, w), fallback))
   return i, j, h, w
 
@@ -205,7 +189,7 @@ def _apply_where(x: tf.Tensor, mask: tf.Tensor, fn) -> tf.Tensor:
 
 def _grayscale(x: tf.Tensor) -> tf.Tensor:
   """Luma, [..., 1]."""
-  return tf.reduce_sum(x * tf.constant(_LUMA, x.dtype), axis=-1, keepdims=True)
+  return tf.reduce_sum(x * tf.constant(LUMA, x.dtype), axis=-1, keepdims=True)
 
 
 def _blend(x: tf.Tensor, other: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:

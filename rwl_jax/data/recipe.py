@@ -13,6 +13,22 @@ from rwl_jax.errors import ConfigError
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+# ITU-R 601-2 luma weights, as torchvision's rgb_to_grayscale (tf.image uses 0.2989 for red).
+LUMA = (0.299, 0.587, 0.114)
+
+
+def central_crop(height: int, width: int, ratio: tuple[float, float]) -> tuple[int, int, int, int]:
+  """torchvision's RandomResizedCrop fallback (i, j, h, w): the whole image, clamped to the ratio range."""
+  in_ratio = width / height
+  if in_ratio < min(ratio):
+    w = width
+    h = int(round(w / min(ratio)))
+  elif in_ratio > max(ratio):
+    h = height
+    w = int(round(h * max(ratio)))
+  else:
+    w, h = width, height
+  return (height - h) // 2, (width - w) // 2, h, w
 
 
 @dataclasses.dataclass(frozen=True)
