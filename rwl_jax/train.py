@@ -394,10 +394,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         logging.info("epoch %d: kNN top-1 %.4f", epoch + 1, knn["knn_top1"])
   except (KeyboardInterrupt, _Terminated) as stop:
     metrics.drain(log_start_step)  # never save a state whose loss went non-finite
-    checkpointer.save(step, state)
-    checkpointer.close()
-    writer.close()
     cause = "stopped by SIGTERM" if isinstance(stop, _Terminated) else "interrupted"
+    try:
+      if step not in checkpointer.all_steps():  # the signal may land right after a save
+        checkpointer.save(step, state)
+      checkpointer.close()
+    except Exception:  # The signal landed inside a step whose donated input is gone.
+      newest = checkpointer.latest_step()
+      raise RunError(f"{cause} during step {step + 1}, whose state could not be saved; the "
+                     f"newest checkpoint is step {newest} in {checkpointer.directory}") from None
+    finally:
+      writer.close()
     raise RunError(f"{cause} at step {step}; checkpoint saved in {checkpointer.directory}, "
                    "rerun the same command to resume") from None
   except RunError:
