@@ -263,21 +263,42 @@ class _MetricBuffer:
     return {name: float(np.mean([m[name] for m in stacked])) for name in stacked[0]}
 
 
-class _Terminated(Exception):
-  """SIGTERM (preemption, scheduler time limit) arrived during training."""
+class _StopRequested(Exception):
+  """Ctrl-C or SIGTERM arrived; raised between steps, where the state is whole."""
 
 
-def _sigterm_as_interrupt() -> Callable[[], None]:
-  """Turns SIGTERM into _Terminated in the main thread, so the loop saves and exits; returns undo."""
-  if threading.current_thread() is not threading.main_thread():
-    return lambda: None
+class _StopSignals:
+  """While active, SIGINT and SIGTERM only set `cause`; the loop stops at the next step boundary.
 
-  def handler(signum, frame):
-    del signum, frame
-    raise _Terminated()
+  Raising from the handler itself could land inside a step whose donated input buffers are
+  already gone, leaving nothing to save. A second signal stops at once (KeyboardInterrupt).
+  """
 
-  previous = signal.signal(signal.SIGTERM, handler)
-  return lambda: signal.signal(signal.SIGTERM, previous)
+  _CAUSES = {signal.SIGINT: "interrupted", signal.SIGTERM: "stopped by SIGTERM"}
+
+  def __init__(self):
+    self.cause: str | None = None
+    self._previous = {}
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.cause is not None:
+      raise KeyboardInterrupt
+    self.cause = self._CAUSES[signum]
+
+  def check(self) -> None:
+    if self.cause is not None:
+      raise _StopRequested(self.cause)
+
+  def install(self) -> "_StopSignals":
+    if threading.current_thread() is threading.main_thread():
+      self._previous = {sig: signal.signal(sig, self._handle) for sig in self._CAUSES}
+    return self
+
+  def restore(self) -> None:
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+    self._previous = {}
 
 
 def _input_path(config, base_step, train_split: sources.ArraySplit, recipe: AugmentRecipe,
@@ -363,7 +384,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   epoch_seconds: list[float] = []
   images_per_second: list[float] = []
   log_start_time, log_start_step = time.perf_counter(), step
-  restore_sigterm = _sigterm_as_interrupt()
+  stop_signals = _StopSignals().install()
   try:
     for epoch in range(step // steps_per_epoch, config.num_epochs):
       epoch_start = time.perf_counter()
@@ -372,6 +393,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         state, step_metrics = train_step(state, *inputs)
         metrics.add(step_metrics)
         step += 1
+        stop_signals.check()
         if step % config.log_every_steps == 0 or step % steps_per_epoch == 0:
           averages = metrics.drain(log_start_step)
           now = time.perf_counter()
@@ -392,17 +414,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         knn = evaluate(config, defs, state, train_split, test_split, mesh, linear=False)
         writer.write_scalars(step, knn)
         logging.info("epoch %d: kNN top-1 %.4f", epoch + 1, knn["knn_top1"])
-  except (KeyboardInterrupt, _Terminated) as stop:
+      stop_signals.check()  # a signal during the save or the kNN: stop before the next epoch
+  except (KeyboardInterrupt, _StopRequested) as stop:
     metrics.drain(log_start_step)  # never save a state whose loss went non-finite
-    cause = "stopped by SIGTERM" if isinstance(stop, _Terminated) else "interrupted"
+    cause = str(stop) if isinstance(stop, _StopRequested) else "interrupted"
     try:
       if step not in checkpointer.all_steps():  # the signal may land right after a save
         checkpointer.save(step, state)
       checkpointer.close()
     except Exception:  # The signal landed inside a step whose donated input is gone.
       newest = checkpointer.latest_step()
-      raise RunError(f"{cause} during step {step + 1}, whose state could not be saved; the "
-                     f"newest checkpoint is step {newest} in {checkpointer.directory}") from None
+      kept = (f"the newest checkpoint is step {newest} in {checkpointer.directory}"
+              if newest is not None else "no checkpoint had been saved yet")
+      raise RunError(f"{cause} twice, during step {step + 1}, whose state could not be saved; "
+                     f"{kept}") from None
     finally:
       writer.close()
     raise RunError(f"{cause} at step {step}; checkpoint saved in {checkpointer.directory}, "
@@ -412,7 +437,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer.close()
     raise
   finally:
-    restore_sigterm()
+    stop_signals.restore()
   checkpointer.close()
 
   logging.info("evaluating: kNN (k=%d) and linear probe on frozen features", config.eval.knn_k)
