@@ -74,6 +74,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.cache_dir = ""  # decoded image-folder arrays; "" = ~/.cache/rwl_jax
   config.data.max_train_examples = 0  # 0 = all; a prefix of the shuffled split, for quick runs
   config.data.max_eval_examples = 0
+  # Each split is cut into num_shards contiguous shards; a process reads only its own, and every
+  # global batch takes an equal part from each shard. 0 = one shard per process. The data order
+  # depends on it: set it to reproduce an N-process run's batches on fewer processes.
+  config.data.num_shards = 0
   config.data.prefetch_batches = 2
   # Where the two views are made: "host" (tf.data on the CPU, any dataset size) or "device" (the
   # uint8 split in accelerator memory, JAX augmentation inside the step; same recipe and laws).

@@ -107,7 +107,7 @@ def benchmark_step(config, *, steps: int, warmup: int,
   steps_per_epoch = max(1, 50_000 // config.global_batch_size)
   tx, _ = train.create_optimizer(config, steps_per_epoch=steps_per_epoch)
   defs, state = train.create_train_state(config, tx, mesh)
-  step_fn = train.make_train_step(defs, tx, methods.get(config), seed=config.seed,
+  step_fn = train.make_train_step(defs, tx, methods.get(config, mesh), seed=config.seed,
                                   total_steps=steps_per_epoch * config.num_epochs)
   size = config.data.image_size
   rng = np.random.default_rng(0)
@@ -145,12 +145,13 @@ def benchmark_pipeline(config, *, steps: int, warmup: int) -> dict[str, Any]:
   from rwl_jax.data import pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow)
   from rwl_jax.data.recipe import AugmentRecipe  # pylint: disable=g-import-not-at-top
 
-  train_split, _ = train.load_data(config)
-  batches = pipeline.train_batches(train_split, global_batch_size=config.global_batch_size,
+  data = train.load_data(config)
+  batches = pipeline.train_batches(data.train, shards=data.train_shards,
+                                   global_batch_size=config.global_batch_size,
                                    recipe=AugmentRecipe.from_config(config.augment),
                                    seed=config.seed, epoch=0,
                                    prefetch=config.data.prefetch_batches)
-  available = pipeline.steps_per_epoch(len(train_split), config.global_batch_size)
+  available = data.train_shards.steps_per_epoch(config.global_batch_size)
   if available < warmup + steps:
     raise ConfigError(f"the pipeline has {available} batches per epoch, fewer than --warmup + "
                       f"--steps = {warmup + steps}")

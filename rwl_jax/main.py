@@ -6,7 +6,7 @@ Bad input ends in one `error: ...` line and exit status 2.
 
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from rwl_jax import train

@@ -9,17 +9,22 @@ from __future__ import annotations
 import json
 import pathlib
 import time
-from typing import Mapping
+from typing import Callable, Mapping
 
 import jax
 from absl import logging
 
 
 class MetricWriter:
-  """write_scalars(step, {...}) to TensorBoard (workdir/tensorboard) and workdir/metrics.jsonl."""
+  """write_scalars(step, {...}) to TensorBoard (workdir/tensorboard) and workdir/metrics.jsonl.
 
-  def __init__(self, workdir: str | pathlib.Path, *, enabled: bool | None = None):
+  on_write(step, scalars), if given, also receives every write (a notebook's progress bar).
+  """
+
+  def __init__(self, workdir: str | pathlib.Path, *, enabled: bool | None = None,
+               on_write: Callable[[int, dict[str, float]], None] | None = None):
     self._enabled = jax.process_index() == 0 if enabled is None else enabled
+    self._on_write = on_write
     self._tensorboard = None
     self._jsonl = None
     if self._enabled:
@@ -36,6 +41,8 @@ class MetricWriter:
       self._tensorboard.add_scalar(name, value, global_step=step)
     self._jsonl.write(json.dumps({"step": int(step), "time": time.time(), **scalars}) + "\n")
     self._jsonl.flush()
+    if self._on_write is not None:
+      self._on_write(int(step), scalars)
 
   def close(self) -> None:
     if self._enabled:

@@ -6,6 +6,7 @@ on the mesh's data axis -> jit(train_step) -> metrics, checkpoints, results.json
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 import signal
@@ -75,6 +76,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.data.augment_on not in ("host", "device"):
     raise ConfigError(f"data.augment_on must be 'host' (tf.data) or 'device' (JAX), got "
                       f"{config.data.augment_on!r}")
+  if not (isinstance(config.data.num_shards, int) and config.data.num_shards >= 0):
+    raise ConfigError(f"data.num_shards must be an integer >= 0 (0 = one per process), got "
+                      f"{config.data.num_shards!r}")
   if config.eval.batch_size < 1:
     raise ConfigError(f"eval.batch_size must be >= 1, got {config.eval.batch_size}")
   AugmentRecipe.from_config(config.augment)
@@ -130,6 +134,22 @@ def create_train_state(config: ml_collections.ConfigDict, tx: optax.GradientTran
   return ModelDefs(train=train_def, eval=eval_def), state
 
 
+def interleave_views(view1: jax.Array, view2: jax.Array) -> jax.Array:
+  """[B, ...] twice -> [2B, ...] with rows 2i, 2i+1 the two views of image i.
+
+  Interleaved rather than concatenated: with the batch split over devices, each device's rows of
+  the result are its own rows of both views, so no image moves between devices (concatenation
+  would make XLA reshuffle half the batch with all-to-alls).
+  """
+  return jnp.stack([view1, view2], axis=1).reshape((-1,) + view1.shape[1:])
+
+
+def split_views(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """The inverse of interleave_views: [2B, ...] -> ([B, ...] of view 1, [B, ...] of view 2)."""
+  pairs = x.reshape((-1, 2) + x.shape[1:])
+  return pairs[:, 0], pairs[:, 1]
+
+
 def make_train_step(defs: ModelDefs, tx: optax.GradientTransformation, method: methods.Method,
                     *, seed: int, total_steps: int
                     ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
@@ -140,13 +160,13 @@ def make_train_step(defs: ModelDefs, tx: optax.GradientTransformation, method: m
   methods.ema_momentum(state.step, total_steps, method.base_momentum) and the target moves toward
   the online parameters AFTER this step's update, as in BYOL.
 
-  Every branch makes one forward pass over both views concatenated, so BatchNorm sees all 2B
+  Every branch makes one forward pass over both views together, so BatchNorm sees all 2B
   images, as in the RWL reference (the BYOL/SimSiam codes run the views separately, normalising
   each view's B images on their own; a documented difference).
   """
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]):
-    views = jnp.concatenate([batch["view1"], batch["view2"]], axis=0)
+    views = interleave_views(batch["view1"], batch["view2"])
     key = methods.step_key(seed, state.step)
 
     target_params, target_batch_stats = state.target_params, state.target_batch_stats
@@ -157,17 +177,17 @@ def make_train_step(defs: ModelDefs, tx: optax.GradientTransformation, method: m
       # EMA covers parameters only). Training never reads them.
       target = nnx.merge(defs.train, state.target_params, state.target_batch_stats)
       _, target_projections = target(views)
-      targets = tuple(jnp.split(jax.lax.stop_gradient(target_projections.astype(jnp.float32)), 2))
+      targets = split_views(jax.lax.stop_gradient(target_projections.astype(jnp.float32)))
       target_batch_stats = nnx.state(target, nnx.BatchStat)
 
     model = nnx.merge(defs.train, state.params, state.batch_stats)
 
     def loss_of(model):
       _, projections = model(views)
-      z1, z2 = jnp.split(projections.astype(jnp.float32), 2)
+      z1, z2 = split_views(projections.astype(jnp.float32))
       p1 = p2 = None
       if method.predictor:
-        p1, p2 = jnp.split(model.predictor(projections).astype(jnp.float32), 2)
+        p1, p2 = split_views(model.predictor(projections).astype(jnp.float32))
       # Without an EMA network the targets are the online projections (SimSiam); the predictive
       # losses stop their gradient themselves.
       return method.loss(methods.Outputs(z1, z2, p1, p2),
@@ -198,40 +218,65 @@ def compile_train_step(train_step, mesh: jax.sharding.Mesh):
 
 
 def evaluate(config: ml_collections.ConfigDict, defs: ModelDefs, state: TrainState,
-             train_split: sources.ArraySplit, test_split: sources.ArraySplit,
-             mesh: jax.sharding.Mesh, *, linear: bool = True) -> dict[str, float]:
-  """kNN (and linear-probe) top-1 on the test split, from frozen encoder features."""
+             data: ProcessData, mesh: jax.sharding.Mesh, *,
+             linear: bool = True) -> dict[str, float]:
+  """kNN (and linear-probe) top-1 on the test split, from frozen encoder features.
+
+  Each process extracts the features of the examples it holds; every process gets all of them.
+  """
   from rwl_jax.evaluate import knn_top1, linear_probe_top1  # pylint: disable=g-import-not-at-top
 
   recipe = AugmentRecipe.from_config(config.augment)
   feature_fn = feature_lib.make_feature_fn(defs.eval, recipe, mesh)
   batch_size = feature_lib.round_up(config.eval.batch_size, mesh.devices.size)
-  train_features = feature_lib.extract(feature_fn, state.params, state.batch_stats, train_split,
-                                       batch_size, mesh)
-  test_features = feature_lib.extract(feature_fn, state.params, state.batch_stats, test_split,
-                                      batch_size, mesh)
-  num_classes = len(train_split.class_names)
-  results = {"knn_top1": knn_top1(train_features, train_split.labels, test_features,
-                                  test_split.labels, num_classes=num_classes, k=config.eval.knn_k,
+  train_features, train_labels = feature_lib.extract(
+      feature_fn, state.params, state.batch_stats, data.train, data.train_shards, batch_size, mesh)
+  test_features, test_labels = feature_lib.extract(
+      feature_fn, state.params, state.batch_stats, data.test, data.test_shards, batch_size, mesh)
+  num_classes = len(data.class_names)
+  results = {"knn_top1": knn_top1(train_features, train_labels, test_features, test_labels,
+                                  num_classes=num_classes, k=config.eval.knn_k,
                                   temperature=config.eval.knn_temperature)}
   if linear:
     results["linear_top1"] = linear_probe_top1(
-        train_features, train_split.labels, test_features, test_split.labels,
+        train_features, train_labels, test_features, test_labels,
         num_classes=num_classes, epochs=config.eval.linear_epochs,
         batch_size=config.eval.linear_batch_size, learning_rate=config.eval.linear_learning_rate,
         weight_decay=config.eval.linear_weight_decay, seed=config.seed)
   return results
 
 
-def load_data(config: ml_collections.ConfigDict) -> tuple[sources.ArraySplit, sources.ArraySplit]:
-  train_split = sources.load_split(config.data, config.data.train_split)
-  test_split = sources.load_split(config.data, config.data.eval_split)
-  if train_split.class_names != test_split.class_names:
-    raise ConfigError(f"the {config.data.train_split!r} and {config.data.eval_split!r} splits have "
-                      f"different classes: {train_split.class_names} vs {test_split.class_names}")
-  train_split = train_split.subset(config.data.max_train_examples, seed=config.seed)
-  test_split = test_split.subset(config.data.max_eval_examples, seed=config.seed)
-  return train_split, test_split
+@dataclasses.dataclass(frozen=True)
+class ProcessData:
+  """This process's examples of the train and eval splits, and how each split is sharded."""
+
+  train: sources.ArraySplit
+  test: sources.ArraySplit
+  train_shards: order.DataShards
+  test_shards: order.DataShards
+
+  @property
+  def class_names(self) -> tuple[str, ...]:
+    return self.train.class_names
+
+
+def load_data(config: ml_collections.ConfigDict) -> ProcessData:
+  """Reads only this process's shards of the train and eval splits (order.DataShards)."""
+  data = config.data
+  train_source = sources.open_split(data, data.train_split, data.max_train_examples)
+  test_source = sources.open_split(data, data.eval_split, data.max_eval_examples)
+  if train_source.class_names != test_source.class_names:
+    raise ConfigError(f"the {data.train_split!r} and {data.eval_split!r} splits have different "
+                      f"classes: {train_source.class_names} vs {test_source.class_names}")
+  train_shards, test_shards = (
+      order.data_shards(source.num_examples, data.num_shards, jax.process_index(),
+                        jax.process_count()) for source in (train_source, test_source))
+  for name, shards in (("train", train_shards), ("test", test_shards)):
+    logging.info("process %d of %d reads %s examples [%d, %d) of %d", jax.process_index(),
+                 jax.process_count(), name, *shards.process_range(), shards.num_examples)
+  return ProcessData(train=train_source.read(*train_shards.process_range()),
+                     test=test_source.read(*test_shards.process_range()),
+                     train_shards=train_shards, test_shards=test_shards)
 
 
 def _save_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
@@ -301,45 +346,47 @@ class _StopSignals:
     self._previous = {}
 
 
-def _input_path(config, base_step, train_split: sources.ArraySplit, recipe: AugmentRecipe,
+def _input_path(config, base_step, data: ProcessData, recipe: AugmentRecipe,
                 mesh: jax.sharding.Mesh):
   """(compiled step, epoch_inputs(epoch, start_step) -> iterator of the step's extra arguments).
 
   'host': tf.data makes the two views on the CPU and each step receives them.
-  'device': the uint8 split lives on the devices and each step receives only the batch's indices;
-  the same epoch order, views made in JAX inside the step (device_pipeline).
+  'device': this process's uint8 examples live on its devices and each step receives only the
+  batch's indices; the same epoch order, views made in JAX inside the step (device_pipeline).
   """
-  local_batch = config.global_batch_size // jax.process_count()
-  rows = slice(jax.process_index() * local_batch, (jax.process_index() + 1) * local_batch)
   if config.data.augment_on == "host":
     from rwl_jax.data import pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow)
 
     def host_inputs(epoch: int, start_step: int):
       for batch in pipeline.train_batches(
-          train_split, global_batch_size=config.global_batch_size, recipe=recipe,
-          seed=config.seed, epoch=epoch, start_step=start_step,
-          process_index=jax.process_index(), process_count=jax.process_count(),
+          data.train, shards=data.train_shards, global_batch_size=config.global_batch_size,
+          recipe=recipe, seed=config.seed, epoch=epoch, start_step=start_step,
           prefetch=config.data.prefetch_batches):
         yield (parallel.to_global({"view1": batch["view1"], "view2": batch["view2"]}, mesh),)
 
     return compile_train_step(base_step, mesh), host_inputs
 
-  images = device_pipeline.put_dataset(train_split.images, mesh)
+  images = device_pipeline.put_dataset(data.train.images, mesh,
+                                       data.train_shards.max_process_examples)
   step = device_pipeline.with_device_views(base_step, recipe, seed=config.seed,
-                                           image_size=config.data.image_size)
+                                           image_size=config.data.image_size, mesh=mesh)
 
   def device_inputs(epoch: int, start_step: int):
-    indices = order.epoch_order(len(train_split), config.global_batch_size, config.seed, epoch)
-    for global_indices in indices[start_step:]:
-      yield images, parallel.to_global(global_indices[rows].astype(np.int32), mesh)
+    indices = data.train_shards.local_epoch_order(config.global_batch_size, config.seed, epoch)
+    for local_indices in indices[start_step:]:
+      yield images, parallel.to_global(local_indices.astype(np.int32), mesh)
 
   return device_pipeline.compile_device_step(step, mesh), device_inputs
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       on_metrics: Callable[[int, int, dict[str, float]], None] | None = None
+                       ) -> dict[str, Any]:
   """Trains config.method on config.data, resuming from workdir's checkpoints; returns results.
 
   Writes workdir/config.json, TensorBoard events, metrics.jsonl, checkpoints/ and results.json.
+  on_metrics(step, num_steps, scalars), if given, sees every scalar write on process 0 (training
+  averages, kNN evaluations, the final results), e.g. to drive a progress bar.
   """
   validate_config(config)
   workdir_path = pathlib.Path(workdir).expanduser()
@@ -347,11 +394,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   mesh = parallel.make_mesh()
   parallel.check_batch_divisible(config.global_batch_size, mesh)
 
-  train_split, test_split = load_data(config)
-  steps_per_epoch = order.steps_per_epoch(len(train_split), config.global_batch_size)
+  data = load_data(config)
+  num_train = data.train_shards.num_examples
+  steps_per_epoch = data.train_shards.steps_per_epoch(config.global_batch_size)
   if steps_per_epoch < 1:
     raise ConfigError(f"global_batch_size={config.global_batch_size} is larger than the "
-                      f"{len(train_split)} training images")
+                      f"{num_train} training images"
+                      + (f" ({data.train_shards.num_shards} shards)"
+                         if data.train_shards.num_shards > 1 else ""))
   num_steps = steps_per_epoch * config.num_epochs
   recipe = AugmentRecipe.from_config(config.augment)
 
@@ -363,22 +413,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     logging.info("resumed from %s at step %d", checkpointer.directory, resumed_step)
   _save_config(config, workdir_path)
 
-  base_step = make_train_step(defs, tx, methods.get(config), seed=config.seed,
+  base_step = make_train_step(defs, tx, methods.get(config, mesh), seed=config.seed,
                               total_steps=num_steps)
-  train_step, epoch_inputs = _input_path(config, base_step, train_split, recipe, mesh)
-  writer = MetricWriter(workdir_path)
+  train_step, epoch_inputs = _input_path(config, base_step, data, recipe, mesh)
+  writer = MetricWriter(workdir_path, on_write=None if on_metrics is None else (
+      lambda step, scalars: on_metrics(step, num_steps, scalars)))
   metrics = _MetricBuffer()
   step = int(parallel.fetch(state.step))
   if step > num_steps:
     raise ConfigError(f"the checkpoint in {workdir_path} is at step {step}, past this config's "
                       f"{num_steps} steps; use a new --workdir or more num_epochs")
   logging.info("%s on %d train / %d test images, %d devices, %d steps of batch %d",
-               config.method, len(train_split), len(test_split), mesh.devices.size, num_steps,
-               config.global_batch_size)
+               config.method, num_train, data.test_shards.num_examples, mesh.devices.size,
+               num_steps, config.global_batch_size)
 
   if config.eval.knn_every_epochs and step == 0:
     # The untrained network's kNN: the origin of the accuracy-against-time curve.
-    writer.write_scalars(0, evaluate(config, defs, state, train_split, test_split, mesh,
+    writer.write_scalars(0, evaluate(config, defs, state, data, mesh,
                                      linear=False))
 
   epoch_seconds: list[float] = []
@@ -411,7 +462,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if done or (epoch + 1) % config.checkpoint_every_epochs == 0:
         checkpointer.save(step, state)
       if config.eval.knn_every_epochs and not done and (epoch + 1) % config.eval.knn_every_epochs == 0:
-        knn = evaluate(config, defs, state, train_split, test_split, mesh, linear=False)
+        knn = evaluate(config, defs, state, data, mesh, linear=False)
         writer.write_scalars(step, knn)
         logging.info("epoch %d: kNN top-1 %.4f", epoch + 1, knn["knn_top1"])
       stop_signals.check()  # a signal during the save or the kNN: stop before the next epoch
@@ -441,7 +492,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   checkpointer.close()
 
   logging.info("evaluating: kNN (k=%d) and linear probe on frozen features", config.eval.knn_k)
-  results = evaluate(config, defs, state, train_split, test_split, mesh)
+  results = evaluate(config, defs, state, data, mesh)
   writer.write_scalars(step, results)
   writer.close()
   # The first epoch of a run includes compilation; report steady-state epochs where there are any.
@@ -452,7 +503,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       seconds_per_epoch=float(np.median(steady)) if steady else None,
       images_per_second=float(np.median(images_per_second)) if images_per_second else None,
       data=config.data.image_dir or f"tfds:{config.data.tfds_name}",
-      train_examples=len(train_split), test_examples=len(test_split),
+      train_examples=num_train, test_examples=data.test_shards.num_examples,
+      data_shards=data.train_shards.num_shards,
       devices=[str(d.device_kind) for d in mesh.devices.flat], jax_version=jax.__version__,
       config=json.loads(config.to_json_best_effort()))
   if jax.process_index() == 0:

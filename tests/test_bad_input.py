@@ -34,6 +34,8 @@ def run(config, tmp_path):
     (dict(data=dict(augment_on="gpu")), "data.augment_on must be 'host'"),
     (dict(augment=dict(crop_scale=(0.2, 1.5))), "augment.crop_scale must satisfy"),
     (dict(augment=dict(jitter_prob=1.2)), r"augment.jitter_prob must be a probability"),
+    (dict(data=dict(num_shards=-1)), r"data.num_shards must be an integer >= 0"),
+    (dict(data=dict(num_shards=3)), r"global_batch_size=\d+ is not divisible by data.num_shards=3"),
 ])
 def test_config_values(config, tmp_path, override, message):
   for key, value in override.items():
@@ -71,6 +73,8 @@ def test_wrong_image_size_and_corrupt_image(config, tmp_path):
     run(config, tmp_path)
   (tmp_path / "bad" / "train" / "cat").mkdir(parents=True)
   (tmp_path / "bad" / "train" / "cat" / "x.png").write_bytes(b"not a png")
+  (tmp_path / "bad" / "test" / "cat").mkdir(parents=True)
+  Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "bad" / "test" / "cat" / "a.png")
   config.data.image_dir = str(tmp_path / "bad")
   with pytest.raises(ConfigError, match="cannot decode image"):
     run(config, tmp_path)
@@ -140,3 +144,15 @@ def test_evaluate_a_directory_that_is_not_a_run(tmp_path):
 
   with pytest.raises(ConfigError, match="config.json not found: --workdir must be a directory"):
     evaluate_checkpoint(str(tmp_path))
+
+
+def test_memory_tool_bad_arguments(tmp_path):
+  for flags, message in ((["--batches=1k"], "error: --batches must be integers, got 1k"),
+                         (["--config.method=byol"], "error: memory compares the row-sharded")):
+    done = subprocess.run(
+        [sys.executable, "-m", "rwl_jax.memory", "--config=configs/cifar10_rwl.py", *flags],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith(message), done.stderr[-2000:]
+    assert "Traceback" not in done.stderr

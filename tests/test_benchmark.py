@@ -1,6 +1,5 @@
 """The benchmark's FLOP count (from layer shapes) and a tiny end-to-end benchmark run."""
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 

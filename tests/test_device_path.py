@@ -62,9 +62,9 @@ _SCRIPT = textwrap.dedent("""
       mesh = parallel.make_mesh(devices)
       tx, _ = train.create_optimizer(config, steps_per_epoch=10)
       defs, state = train.create_train_state(config, tx, mesh)
-      base = train.make_train_step(defs, tx, methods.get(config), seed=0, total_steps=20)
+      base = train.make_train_step(defs, tx, methods.get(config, mesh), seed=0, total_steps=20)
       step = device_pipeline.compile_device_step(device_pipeline.with_device_views(
-          base, AugmentRecipe(), seed=0, image_size=32), mesh)
+          base, AugmentRecipe(), seed=0, image_size=32, mesh=mesh), mesh)
       data = device_pipeline.put_dataset(images, mesh)
       for _ in range(2):
         state, metrics = step(state, data, parallel.to_global(indices, mesh))

@@ -34,7 +34,7 @@ _SCRIPT = textwrap.dedent("""
         mesh = parallel.make_mesh(devices)
         tx, _ = train.create_optimizer(config, steps_per_epoch=10)
         defs, state = train.create_train_state(config, tx, mesh)
-        step_fn = train.make_train_step(defs, tx, methods.get(config), seed=0, total_steps=20)
+        step_fn = train.make_train_step(defs, tx, methods.get(config, mesh), seed=0, total_steps=20)
         step = train.compile_train_step(step_fn, mesh)
         for _ in range(2):
           state, metrics = step(state, parallel.to_global(batch, mesh))

@@ -25,7 +25,8 @@ def test_host_and_device_steps_compile_once():
   assert host_step._cache_size() == 1  # pylint: disable=protected-access
 
   device_step = device_pipeline.compile_device_step(
-      device_pipeline.with_device_views(base, AugmentRecipe(), seed=0, image_size=32), mesh)
+      device_pipeline.with_device_views(base, AugmentRecipe(), seed=0, image_size=32, mesh=mesh),
+      mesh)
   images = device_pipeline.put_dataset(rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8), mesh)
   for step in range(3):
     indices = np.arange(8, dtype=np.int32) + step

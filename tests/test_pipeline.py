@@ -5,6 +5,7 @@ import pytest
 
 from configs import common
 from rwl_jax.data import pipeline, sources
+from rwl_jax.data.order import DataShards
 from rwl_jax.data.recipe import AugmentRecipe, CIFAR10_MEAN, CIFAR10_STD
 
 
@@ -16,9 +17,10 @@ def train_split(cifar_dir, tmp_path_factory):
   return sources.load_split(config.data, "train")
 
 
-def batches(split, epoch=0, seed=0, **kwargs):
-  return list(pipeline.train_batches(split, global_batch_size=64, recipe=AugmentRecipe(),
-                                     seed=seed, epoch=epoch, **kwargs))
+def batches(split, epoch=0, seed=0, shards=None, **kwargs):
+  shards = shards or DataShards(len(split))
+  return list(pipeline.train_batches(split, shards=shards, global_batch_size=64,
+                                     recipe=AugmentRecipe(), seed=seed, epoch=epoch, **kwargs))
 
 
 def test_image_folder_source(train_split, cifar_dir, tmp_path):
@@ -28,13 +30,14 @@ def test_image_folder_source(train_split, cifar_dir, tmp_path):
   # Real CIFAR-10: channel means near the published ones even on 640 images.
   np.testing.assert_allclose(train_split.images.mean(axis=(0, 1, 2)) / 255, CIFAR10_MEAN, atol=0.05)
   # The decoded cache gives back identical arrays.
-  again = sources.load_image_folder(str(cifar_dir), "train", image_size=32,
-                                    cache_dir=str(tmp_path))
-  again_cached = sources.load_image_folder(str(cifar_dir), "train", image_size=32,
-                                           cache_dir=str(tmp_path))
+  source = sources.ImageFolderSource(str(cifar_dir), "train", image_size=32,
+                                     cache_dir=str(tmp_path))
+  again, again_cached = source.read(), source.read()
   np.testing.assert_array_equal(again.images, train_split.images)
   np.testing.assert_array_equal(again_cached.images, train_split.images)
   assert len(list(tmp_path.glob("*.npz"))) == 1
+  # The source order mixes the classes, so a prefix (max_examples) has every class.
+  assert len(set(train_split.labels[:40])) == 10
 
 
 def test_views_shapes_ranges_and_difference(train_split):
@@ -53,11 +56,12 @@ def test_views_shapes_ranges_and_difference(train_split):
 
 
 def test_each_epoch_is_a_permutation_without_repeats(train_split):
-  order = pipeline.epoch_order(len(train_split), 64, seed=0, epoch=0)
+  shards = DataShards(len(train_split))
+  order = shards.epoch_order(64, seed=0, epoch=0)
   assert order.shape == (10, 64) and len(np.unique(order)) == 640
-  assert not np.array_equal(order, pipeline.epoch_order(len(train_split), 64, seed=0, epoch=1))
+  assert not np.array_equal(order, shards.epoch_order(64, seed=0, epoch=1))
   # drop_remainder: 650 images at batch 64 still give 10 full batches
-  assert pipeline.epoch_order(650, 64, seed=0, epoch=0).shape == (10, 64)
+  assert DataShards(650).epoch_order(64, seed=0, epoch=0).shape == (10, 64)
 
 
 def test_same_seed_same_batches_and_resume_offset(train_split):
@@ -72,15 +76,19 @@ def test_same_seed_same_batches_and_resume_offset(train_split):
   np.testing.assert_array_equal(resumed[0]["view1"], first[7]["view1"])
 
 
-def test_process_shares_tile_the_global_batch(train_split):
-  whole = batches(train_split)[0]
-  shares = [batches(train_split, process_index=p, process_count=2)[0] for p in (0, 1)]
-  for name in whole:
-    np.testing.assert_array_equal(np.concatenate([s[name] for s in shares]), whole[name])
-
-
-def test_eval_batches_pad_and_mask(train_split):
-  out = list(sources.eval_batches(train_split, 300))
-  assert [b["image"].shape[0] for b in out] == [300, 300, 300]
-  assert out[-1]["mask"].sum() == 40
-  np.testing.assert_array_equal(out[-1]["image"][:40], train_split.images[600:])
+def test_processes_reading_only_their_shards_tile_the_global_batch(train_split):
+  """Two processes, each holding only its half of the split, give the rows of the global batch
+  that one process reading everything (with the same two shards) gives."""
+  whole = batches(train_split, shards=DataShards(len(train_split), num_shards=2))
+  shares = []
+  for process in (0, 1):
+    shards = DataShards(len(train_split), 2, process_index=process, process_count=2)
+    start, end = shards.process_range()
+    local = sources.ArraySplit(train_split.images[start:end], train_split.labels[start:end],
+                               train_split.class_names)
+    shares.append(batches(local, shards=shards))
+  assert len(whole) == len(shares[0]) == len(shares[1]) == 10
+  for step in (0, 9):
+    for name in whole[step]:
+      np.testing.assert_array_equal(
+          np.concatenate([share[step][name] for share in shares]), whole[step][name])

@@ -1,11 +1,13 @@
 """The device input path: the uint8 dataset in accelerator memory, views made inside the step.
 
-CIFAR-10's 50,000 training images are 150 MB, so they are placed once, replicated, on every
-device. Each step then needs only the global batch's indices from the host (from the same
-seeded epoch order as the tf.data path); the gather and both augmentations (augment_jax, the
-same recipe and parameter laws as augment_tf) run inside the jitted step. Randomness is
-fold_in(key(seed), step) and then the view, so a resumed run draws the same views, and the
-values do not depend on the number of devices (partitionable threefry).
+CIFAR-10's 50,000 training images are 150 MB, so each process places its own examples (its range
+of the split, order.DataShards) once on each of its devices: a [devices, N, H, W, 3] array with
+one block per device. Each step then needs only the batch's indices from the host (the same
+seeded order as the tf.data path, relative to the process's range); every device gathers its rows
+from its own block (shard_map, no communication), and both augmentations (augment_jax, the same
+recipe and parameter laws as augment_tf) run inside the jitted step. Randomness is
+fold_in(key(seed), step) and then the view, so a resumed run draws the same views, and the values
+do not depend on the number of devices (partitionable threefry).
 """
 
 from __future__ import annotations
@@ -15,24 +17,42 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec
 
 from rwl_jax import parallel
 from rwl_jax.data import augment_jax
 from rwl_jax.data.recipe import AugmentRecipe
 
 
-def put_dataset(images: np.ndarray, mesh: jax.sharding.Mesh) -> jax.Array:
-  """The whole uint8 split, replicated on every device of the mesh."""
-  return jax.device_put(images, parallel.replicated(mesh))
+def put_dataset(local_images: np.ndarray, mesh: jax.sharding.Mesh,
+                max_process_examples: int | None = None) -> jax.Array:
+  """This process's uint8 images on each of its devices, as one global [devices, N, ...] array.
+
+  N = max_process_examples (processes may hold one example more or less; shorter ones are
+  padded, and the padding is never indexed).
+  """
+  count = max_process_examples or len(local_images)
+  padded = np.zeros((count,) + local_images.shape[1:], np.uint8)
+  padded[:len(local_images)] = local_images
+  shape = (mesh.devices.size,) + padded.shape
+  # Called only for this process's devices; each gets the whole local block.
+  return jax.make_array_from_callback(shape, parallel.data_sharded(mesh), lambda _: padded[None])
 
 
-def with_device_views(train_step: Callable, recipe: AugmentRecipe, *, seed: int,
-                      image_size: int) -> Callable:
-  """train_step(state, {'view1', 'view2'}) -> step(state, images, indices) making the views itself."""
+def with_device_views(train_step: Callable, recipe: AugmentRecipe, *, seed: int, image_size: int,
+                      mesh: jax.sharding.Mesh) -> Callable:
+  """train_step(state, {'view1', 'view2'}) -> step(state, images, indices) making the views itself.
+
+  indices: [global batch] int32 sharded on the data axis, each row an index into the block of
+  the device holding that row.
+  """
+  data = PartitionSpec(parallel.DATA_AXIS)
+  gather = jax.shard_map(lambda block, rows: jnp.take(block[0], rows, axis=0), mesh=mesh,
+                         in_specs=(data, data), out_specs=data)
 
   def step(state, images: jax.Array, indices: jax.Array):
     key = jax.random.fold_in(jax.random.key(seed), state.step)
-    batch = jnp.take(images, indices, axis=0)
+    batch = gather(images, indices)
     views = {f"view{view + 1}": augment_jax.random_view(jax.random.fold_in(key, view), batch,
                                                          recipe, image_size)
              for view in (0, 1)}
@@ -42,6 +62,6 @@ def with_device_views(train_step: Callable, recipe: AugmentRecipe, *, seed: int,
 
 
 def compile_device_step(step: Callable, mesh: jax.sharding.Mesh) -> Callable:
-  replicated = parallel.replicated(mesh)
-  return jax.jit(step, in_shardings=(replicated, replicated, parallel.data_sharded(mesh)),
+  replicated, sharded = parallel.replicated(mesh), parallel.data_sharded(mesh)
+  return jax.jit(step, in_shardings=(replicated, sharded, sharded),
                  out_shardings=(replicated, replicated), donate_argnums=0)

@@ -1,7 +1,7 @@
 """The host input pipeline (tf.data): shuffled global batches of two augmented views.
 
-Order and augmentation are pure functions of (seed, epoch, step): the permutation of an epoch
-comes from NumPy's generator seeded with (seed, epoch), and each view's random parameters from a
+Order and augmentation are pure functions of (seed, epoch, step): the epoch's order comes from
+order.DataShards (seeded per shard), and each view's random parameters from a
 stateless TensorFlow seed built from (seed, global step, view). So a resumed run sees exactly
 the batches an uninterrupted one would, and the parameters of the whole global batch are drawn
 before a process takes its rows, so the split over processes does not change an image's view.
@@ -18,7 +18,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 from rwl_jax.data import augment_tf  # pylint: disable=g-import-not-at-top
-from rwl_jax.data.order import epoch_order, steps_per_epoch  # pylint: disable=g-import-not-at-top
+from rwl_jax.data.order import DataShards  # pylint: disable=g-import-not-at-top
 from rwl_jax.data.recipe import AugmentRecipe  # pylint: disable=g-import-not-at-top
 from rwl_jax.data.sources import ArraySplit  # pylint: disable=g-import-not-at-top
 
@@ -26,25 +26,24 @@ from rwl_jax.data.sources import ArraySplit  # pylint: disable=g-import-not-at-t
 tf.config.set_visible_devices([], "GPU")
 
 
-def train_batches(split: ArraySplit, *, global_batch_size: int, recipe: AugmentRecipe, seed: int,
-                  epoch: int, start_step: int = 0, process_index: int = 0, process_count: int = 1,
+def train_batches(local_split: ArraySplit, *, shards: DataShards, global_batch_size: int,
+                  recipe: AugmentRecipe, seed: int, epoch: int, start_step: int = 0,
                   prefetch: int = 2) -> Iterator[dict[str, np.ndarray]]:
-  """One epoch of this process's share of the global batches, from step `start_step` on.
+  """One epoch of this process's rows of the global batches, from step `start_step` on.
 
-  Yields dicts with 'view1', 'view2' (float32 [local_batch, H, W, 3], normalised) and 'label'
-  (int32 [local_batch]), where local_batch = global_batch_size / process_count.
+  local_split holds this process's examples (shards.process_range() of the split). Yields dicts
+  with 'view1', 'view2' (float32 [local_batch, H, W, 3], normalised) and 'label' (int32
+  [local_batch]), where local_batch = global_batch_size / process_count.
   """
-  local_batch = global_batch_size // process_count
-  order = epoch_order(len(split), global_batch_size, seed, epoch)
+  order = shards.local_epoch_order(global_batch_size, seed, epoch)
   num_steps = len(order)
-  rows = slice(process_index * local_batch, (process_index + 1) * local_batch)
+  rows = shards.local_rows(global_batch_size)
   first_global_step = epoch * num_steps
-  height, width = split.images.shape[1:3]
-  images = tf.constant(split.images)
-  labels = tf.constant(split.labels)
+  height, width = local_split.images.shape[1:3]
+  images = tf.constant(local_split.images)
+  labels = tf.constant(local_split.labels)
 
-  def make_views(step, global_indices):
-    local_indices = global_indices[rows]
+  def make_views(step, local_indices):
     batch = tf.gather(images, local_indices)
     views = {}
     for view in (0, 1):

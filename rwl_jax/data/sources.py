@@ -1,8 +1,9 @@
 """Data sources: a TFDS dataset or an image folder, as in-memory uint8 arrays.
 
-CIFAR-sized datasets fit in host (and accelerator) memory, so every source is read once into
-`ArraySplit(images [N, H, W, 3] uint8, labels [N] int32)`; the input pipelines index into it.
-Nothing here imports TensorFlow except the TFDS loader, and only when it is used.
+CIFAR-sized datasets fit in host (and accelerator) memory, so each process reads its range of a
+split once (order.DataShards says which) into `ArraySplit(images [N, H, W, 3] uint8, labels [N]
+int32)`; the input pipelines index into it. Nothing here imports TensorFlow except the TFDS
+source, and only when it is used.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 @dataclasses.dataclass(frozen=True)
 class ArraySplit:
-  """One split of a labelled image dataset, held in memory."""
+  """Examples of a labelled image dataset (a whole split or one process's range), in memory."""
 
   images: np.ndarray  # [N, H, W, 3] uint8
   labels: np.ndarray  # [N] int32
@@ -33,47 +34,118 @@ class ArraySplit:
   def __len__(self) -> int:
     return len(self.labels)
 
-  def subset(self, max_examples: int, seed: int = 0) -> "ArraySplit":
-    """A seeded random subset of at most max_examples (0 = everything), in index order."""
-    if max_examples <= 0 or max_examples >= len(self):
-      return self
-    keep = np.sort(np.random.default_rng(seed).permutation(len(self))[:max_examples])
-    return ArraySplit(self.images[keep], self.labels[keep], self.class_names)
+
+class ImageFolderSource:
+  """image_dir/split/CLASS/*.{png,jpg} in a fixed shuffled order; class index = sorted folder names.
+
+  Listing is cheap and decoding is not, so `read(start, end)` decodes only that range of the
+  source order (one process's shards). Decoded ranges are cached as .npz files keyed by their
+  files' names, sizes and times, so a second run starts in a second instead of re-decoding.
+  """
+
+  def __init__(self, image_dir: str, split: str, *, image_size: int, cache_dir: str = "",
+               max_examples: int = 0, num_threads: int = 8):
+    self.root = pathlib.Path(image_dir).expanduser()
+    self.split, self.image_size, self.cache_dir = split, image_size, cache_dir
+    self.class_names, paths, labels = _list_image_folder(self.root, split)
+    # A fixed shuffle (not the training seed): every prefix and every shard mixes all classes,
+    # as TFDS's shuffled record order does.
+    source_order = np.random.default_rng(0).permutation(len(paths))
+    self.paths = [paths[i] for i in source_order]
+    self.labels = labels[source_order]
+    self.num_examples = _prefix(len(paths), max_examples)
+    self.num_threads = num_threads
+
+  def read(self, start: int = 0, end: int | None = None) -> ArraySplit:
+    start, end = _check_range(start, end, self.num_examples)
+    paths, labels = self.paths[start:end], self.labels[start:end]
+    cache = _cache_path(self.cache_dir, self.root, self.split, paths, self.image_size)
+    if cache.exists():
+      with np.load(cache) as cached:
+        return ArraySplit(cached["images"], cached["labels"], self.class_names)
+    with concurrent.futures.ThreadPoolExecutor(self.num_threads) as pool:
+      images = np.stack(list(pool.map(lambda p: _decode(p, self.image_size), paths)))
+    try:
+      cache.parent.mkdir(parents=True, exist_ok=True)
+      partial = cache.with_name(cache.name + f".{os.getpid()}.tmp.npz")
+      np.savez(partial, images=images, labels=labels)
+      os.replace(partial, cache)  # Atomic: a concurrent or killed writer never leaves half a cache.
+    except OSError:
+      pass  # A read-only cache location only costs the next run a re-decode.
+    return ArraySplit(images, labels, self.class_names)
 
 
-def load_split(data_config, split: str) -> ArraySplit:
-  """The split named `split` of the dataset `data_config` describes (image_dir, else TFDS)."""
+class TfdsSource:
+  """A TFDS split in record order; `read(start, end)` reads only that slice (split[start:end])."""
+
+  def __init__(self, name: str, split: str, *, data_dir: str = "", image_size: int,
+               max_examples: int = 0):
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+    self.name, self.split, self.image_size = name, split, image_size
+    try:
+      self.builder = tfds.builder(name, data_dir=data_dir or None)
+      self.builder.download_and_prepare()
+      total = self.builder.info.splits[split].num_examples
+    except Exception as error:  # TFDS raises many types; the user needs one actionable line.
+      raise ConfigError(f"could not load TFDS dataset {name!r} split {split!r} "
+                        f"({_first_line(error)}); without internet pass "
+                        "--config.data.image_dir=PATH to an image folder") from error
+    self.class_names = tuple(self.builder.info.features["label"].names)
+    self.num_examples = _prefix(total, max_examples)
+
+  def read(self, start: int = 0, end: int | None = None) -> ArraySplit:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+    start, end = _check_range(start, end, self.num_examples)
+    try:
+      dataset = self.builder.as_dataset(split=f"{self.split}[{start}:{end}]", batch_size=-1,
+                                        as_supervised=True, shuffle_files=False)
+      images, labels = tfds.as_numpy(dataset)
+    except Exception as error:
+      raise ConfigError(f"could not read TFDS dataset {self.name!r} split "
+                        f"{self.split}[{start}:{end}] ({_first_line(error)})") from error
+    _check_image_shape(images.shape[1:], self.image_size, f"TFDS dataset {self.name!r}")
+    return ArraySplit(np.asarray(images, np.uint8), np.asarray(labels, np.int32), self.class_names)
+
+
+def open_split(data_config, split: str, max_examples: int = 0) -> ImageFolderSource | TfdsSource:
+  """The split named `split` of the dataset data_config describes (image_dir, else TFDS).
+
+  max_examples > 0 keeps only that prefix of the source order (0 = everything).
+  """
   if data_config.image_dir:
-    data = load_image_folder(data_config.image_dir, split, image_size=data_config.image_size,
-                             cache_dir=data_config.cache_dir)
-  else:
-    data = load_tfds(data_config.tfds_name, split, data_dir=data_config.tfds_data_dir)
-    _check_image_shape(data.images.shape[1:], data_config.image_size,
-                       f"TFDS dataset {data_config.tfds_name!r}")
-  return data
+    return ImageFolderSource(data_config.image_dir, split, image_size=data_config.image_size,
+                             cache_dir=data_config.cache_dir, max_examples=max_examples)
+  return TfdsSource(data_config.tfds_name, split, data_dir=data_config.tfds_data_dir,
+                    image_size=data_config.image_size, max_examples=max_examples)
+
+
+def load_split(data_config, split: str, max_examples: int = 0) -> ArraySplit:
+  """A whole split (or its prefix of max_examples) in memory."""
+  return open_split(data_config, split, max_examples).read()
+
+
+def _prefix(total: int, max_examples: int) -> int:
+  return min(total, max_examples) if max_examples > 0 else total
+
+
+def _check_range(start: int, end: int | None, num_examples: int) -> tuple[int, int]:
+  end = num_examples if end is None else end
+  if not 0 <= start < end <= num_examples:
+    raise ValueError(f"range [{start}, {end}) is outside the split's {num_examples} examples")
+  return start, end
+
+
+def _first_line(error: Exception) -> str:
+  text = str(error).strip()
+  return text.splitlines()[0] if text else type(error).__name__
 
 
 def _check_image_shape(shape: tuple[int, ...], image_size: int, where: str) -> None:
   if tuple(shape) != (image_size, image_size, 3):
     raise ConfigError(f"{where} has images of shape {tuple(shape)}, expected "
                       f"({image_size}, {image_size}, 3) (data.image_size={image_size})")
-
-
-def load_tfds(name: str, split: str, *, data_dir: str = "") -> ArraySplit:
-  """A whole TFDS split as arrays (imports tensorflow_datasets only when called)."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-
-  try:
-    builder = tfds.builder(name, data_dir=data_dir or None)
-    builder.download_and_prepare()
-    dataset = builder.as_dataset(split=split, batch_size=-1, as_supervised=True)
-  except Exception as error:  # TFDS raises many types; the user needs one actionable line.
-    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    raise ConfigError(f"could not load TFDS dataset {name!r} split {split!r} ({first_line}); "
-                      "without internet pass --config.data.image_dir=PATH to an image folder") from error
-  images, labels = tfds.as_numpy(dataset)
-  class_names = tuple(builder.info.features["label"].names)
-  return ArraySplit(np.asarray(images, np.uint8), np.asarray(labels, np.int32), class_names)
 
 
 def _list_image_folder(root: pathlib.Path, split: str) -> tuple[tuple[str, ...], list[pathlib.Path], np.ndarray]:
@@ -119,39 +191,21 @@ def _cache_path(cache_dir: str, root: pathlib.Path, split: str, paths: list[path
   return base / f"image_folder_{split}_{digest.hexdigest()[:20]}.npz"
 
 
-def load_image_folder(image_dir: str, split: str, *, image_size: int, cache_dir: str = "",
-                      num_threads: int = 8) -> ArraySplit:
-  """Reads image_dir/split/CLASS/*.{png,jpg} into arrays; class index = sorted folder names.
+def eval_batches(split: ArraySplit, batch_size: int,
+                 num_batches: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+  """Fixed-size batches of uint8 images in order, padded at the end; `mask` marks real rows.
 
-  Decoded arrays are cached (an .npz keyed by the folder's file names, sizes and times), so a
-  second run starts in a second instead of re-decoding 60,000 PNGs.
+  num_batches (at least enough for the split) lets processes holding different numbers of
+  examples run the same number of batches.
   """
-  root = pathlib.Path(image_dir).expanduser()
-  class_names, paths, labels = _list_image_folder(root, split)
-  cache = _cache_path(cache_dir, root, split, paths, image_size)
-  if cache.exists():
-    with np.load(cache) as cached:
-      return ArraySplit(cached["images"], cached["labels"], class_names)
-  with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
-    images = np.stack(list(pool.map(lambda p: _decode(p, image_size), paths)))
-  try:
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    partial = cache.with_name(cache.name + f".{os.getpid()}.tmp.npz")
-    np.savez(partial, images=images, labels=labels)
-    os.replace(partial, cache)  # Atomic: a concurrent or killed writer never leaves half a cache.
-  except OSError:
-    pass  # A read-only cache location only costs the next run a re-decode.
-  return ArraySplit(images, labels, class_names)
-
-
-def eval_batches(split: ArraySplit, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-  """Fixed-size batches of uint8 images in order; the last is padded and `mask` marks real rows."""
-  for start in range(0, len(split), batch_size):
+  needed = -(-len(split) // batch_size)
+  for index in range(needed if num_batches is None else max(num_batches, needed)):
+    start = index * batch_size
     images = split.images[start:start + batch_size]
     labels = split.labels[start:start + batch_size]
     real = len(labels)
     if real < batch_size:
       pad = batch_size - real
-      images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
-      labels = np.concatenate([labels, np.zeros((pad,), labels.dtype)])
+      images = np.concatenate([images, np.zeros((pad,) + split.images.shape[1:], np.uint8)])
+      labels = np.concatenate([labels, np.zeros((pad,), np.int32)])
     yield {"image": images, "label": labels, "mask": np.arange(batch_size) < real}

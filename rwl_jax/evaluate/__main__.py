@@ -5,15 +5,12 @@ top-1 on the test split, prints them and writes DIR/eval_step_N.json.
 """
 
 import json
-import pathlib
 import sys
 
-import ml_collections
 from absl import app, flags
 
-from rwl_jax import parallel, train
-from rwl_jax.checkpoint import Checkpointer
 from rwl_jax.errors import ConfigError
+from rwl_jax.evaluate.run import load_run
 from rwl_jax.metrics import configure_logging
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training run's directory.", required=True)
@@ -22,26 +19,10 @@ _LINEAR = flags.DEFINE_bool("linear", True, "Also run the linear probe.")
 
 
 def evaluate_checkpoint(workdir: str, step: int | None = None, linear: bool = True) -> dict:
-  workdir_path = pathlib.Path(workdir).expanduser()
-  config_path = workdir_path / "config.json"
-  if not config_path.is_file():
-    raise ConfigError(f"{config_path} not found: --workdir must be a directory a training run wrote")
-  config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
-  train_split, test_split = train.load_data(config)
-  mesh = parallel.make_mesh()
-  tx, _ = train.create_optimizer(config, max(1, len(train_split) // config.global_batch_size))
-  defs, state = train.create_train_state(config, tx, mesh)
-  checkpointer = Checkpointer(workdir_path, keep=config.keep_checkpoints)
-  steps = checkpointer.all_steps()
-  if step is None:
-    step = checkpointer.latest_step()
-  if step is None or step not in steps:
-    raise ConfigError(f"no checkpoint at step {step} in {checkpointer.directory} (have {steps})")
-  state = checkpointer.restore(step, state)
-  checkpointer.close()
-  results = train.evaluate(config, defs, state, train_split, test_split, mesh, linear=linear)
-  results.update(step=step, method=config.method)
-  (workdir_path / f"eval_step_{step}.json").write_text(json.dumps(results, indent=2))
+  run = load_run(workdir, step)
+  results = run.evaluate(linear=linear)
+  results.update(step=run.step, method=run.config.method)
+  (run.workdir / f"eval_step_{run.step}.json").write_text(json.dumps(results, indent=2))
   return results
 
 

@@ -3,10 +3,13 @@
 from rwl_jax.losses.contrastive import (
     l2_normalize,
     log_transition_matrix,
+    log_transition_rows,
     nt_xent_loss,
+    nt_xent_row_terms,
     pair_target,
     random_walk_laplacian,
     rwl_loss,
+    rwl_row_terms,
     transition_matrix,
 )
 from rwl_jax.losses.gsg import (
@@ -23,4 +26,9 @@ from rwl_jax.losses.redundancy import (
     barlow_twins_loss,
     vicreg_loss,
     vicreg_terms,
+)
+from rwl_jax.losses.sharded import (
+    row_sharded_sum,
+    sharded_nt_xent_loss,
+    sharded_rwl_loss,
 )

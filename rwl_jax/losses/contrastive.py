@@ -33,19 +33,31 @@ def l2_normalize(z: chex.Array) -> chex.Array:
   return z * jax.lax.rsqrt(jnp.maximum(jnp.sum(z * z, axis=-1, keepdims=True), _EPS))
 
 
+def log_transition_rows(z_rows: chex.Array, row_index: chex.Array, z_all: chex.Array,
+                        temperature: float) -> chex.Array:
+  """Rows `row_index` of log P: [R, N] from L2-normalised z_rows [R, d] and z_all [N, d].
+
+  log P_ij = z_i.z_j/tau - logsumexp_{k != i} z_i.z_k/tau, with z_rows[r] = z_all[row_index[r]];
+  column row_index[r] of row r is -inf (P_ii = 0). A block of rows is all a device needs for
+  its share of the loss (losses.sharded).
+  """
+  chex.assert_rank([z_rows, row_index, z_all], [2, 1, 2])
+  _check_temperature(temperature)
+  logits = (z_rows @ z_all.T) / temperature
+  self_mask = row_index[:, None] == jnp.arange(z_all.shape[0])[None, :]
+  # -inf, not a large negative number: softmax then gives exactly 0 and a zero gradient there.
+  logits = jnp.where(self_mask, -jnp.inf, logits)
+  return jax.nn.log_softmax(logits, axis=-1)
+
+
 def log_transition_matrix(z: chex.Array, temperature: float) -> chex.Array:
   """log P for embeddings z of shape [N, d]: log P_ij = z_i.z_j/tau - logsumexp_{k != i} z_i.z_k/tau.
 
   The diagonal is -inf (P_ii = 0). Rows are normalised here, so z need not be.
   """
   chex.assert_rank(z, 2)
-  _check_temperature(temperature)
   z = l2_normalize(z)
-  logits = (z @ z.T) / temperature
-  self_mask = jnp.eye(z.shape[0], dtype=bool)
-  # -inf, not a large negative number: softmax then gives exactly 0 and a zero gradient there.
-  logits = jnp.where(self_mask, -jnp.inf, logits)
-  return jax.nn.log_softmax(logits, axis=-1)
+  return log_transition_rows(z, jnp.arange(z.shape[0]), z, temperature)
 
 
 def transition_matrix(z: chex.Array, temperature: float) -> chex.Array:
@@ -71,6 +83,28 @@ def _concat_views(z1: chex.Array, z2: chex.Array) -> chex.Array:
   return jnp.concatenate([z1, z2], axis=0)
 
 
+def _positives(row_index: chex.Array, num_rows: int) -> chex.Array:
+  return (row_index + num_rows // 2) % num_rows
+
+
+def rwl_row_terms(z_rows: chex.Array, row_index: chex.Array, z_all: chex.Array,
+                  temperature: float) -> chex.Array:
+  """sum over the rows i in row_index of sum_{j != i} (P_ij - T_ij)^2 (normalised inputs)."""
+  log_p = log_transition_rows(z_rows, row_index, z_all, temperature)
+  columns = jnp.arange(z_all.shape[0])[None, :]
+  target = (columns == _positives(row_index, z_all.shape[0])[:, None]).astype(jnp.float32)
+  squared_error = jnp.square(jnp.exp(log_p) - target)
+  return jnp.sum(jnp.where(columns == row_index[:, None], 0.0, squared_error))
+
+
+def nt_xent_row_terms(z_rows: chex.Array, row_index: chex.Array, z_all: chex.Array,
+                      temperature: float) -> chex.Array:
+  """sum over the rows i in row_index of -log P_{i, pos(i)} (normalised inputs)."""
+  log_p = log_transition_rows(z_rows, row_index, z_all, temperature)
+  positive = _positives(row_index, z_all.shape[0])[:, None]
+  return -jnp.sum(jnp.take_along_axis(log_p, positive, axis=1))
+
+
 def rwl_loss(z1: chex.Array, z2: chex.Array, temperature: float) -> chex.Array:
   """Random-walk Laplacian loss: sum_{i != j} (P_ij - T_ij)^2 on z = concat(z1, z2).
 
@@ -85,11 +119,8 @@ def rwl_loss(z1: chex.Array, z2: chex.Array, temperature: float) -> chex.Array:
   Returns:
     A float32 scalar.
   """
-  z = _concat_views(z1, z2)
-  p = transition_matrix(z, temperature)
-  squared_error = jnp.square(p - pair_target(z1.shape[0]))
-  off_diagonal = ~jnp.eye(z.shape[0], dtype=bool)
-  return jnp.sum(jnp.where(off_diagonal, squared_error, 0.0))
+  z = l2_normalize(_concat_views(z1, z2))
+  return rwl_row_terms(z, jnp.arange(z.shape[0]), z, temperature)
 
 
 def nt_xent_loss(z1: chex.Array, z2: chex.Array, temperature: float) -> chex.Array:
@@ -105,8 +136,5 @@ def nt_xent_loss(z1: chex.Array, z2: chex.Array, temperature: float) -> chex.Arr
   Returns:
     A float32 scalar.
   """
-  z = _concat_views(z1, z2)
-  log_p = log_transition_matrix(z, temperature)
-  num_rows = z.shape[0]
-  positive = (jnp.arange(num_rows) + z1.shape[0]) % num_rows
-  return -jnp.mean(log_p[jnp.arange(num_rows), positive])
+  z = l2_normalize(_concat_views(z1, z2))
+  return nt_xent_row_terms(z, jnp.arange(z.shape[0]), z, temperature) / z.shape[0]

@@ -30,6 +30,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import ml_collections
+from jax.sharding import Mesh
 
 from rwl_jax import losses
 from rwl_jax.errors import ConfigError
@@ -103,8 +104,14 @@ def _predictive(loss: Callable[..., jax.Array]) -> MethodLoss:
   return lambda online, targets, key: loss(online.p1, online.p2, *targets)
 
 
-def _contrastive(config: ml_collections.ConfigDict, loss: Callable[..., jax.Array]) -> Method:
+def _contrastive(config: ml_collections.ConfigDict, mesh: Mesh | None) -> Method:
+  """RWL or NT-Xent; row-sharded over the mesh's data axis when it has several devices."""
   temperature = float(config.temperature)
+  if mesh is not None and mesh.devices.size > 1:
+    build = {"rwl": losses.sharded_rwl_loss, "simclr": losses.sharded_nt_xent_loss}[config.method]
+    loss = build(mesh, mesh.axis_names[0])
+  else:
+    loss = {"rwl": losses.rwl_loss, "simclr": losses.nt_xent_loss}[config.method]
   return Method(config.method, lambda online, targets, key: loss(online.z1, online.z2, temperature))
 
 
@@ -128,15 +135,17 @@ def _barlow(config) -> Method:
       online.z1, online.z2, lambd=lambd, epsilon=epsilon))
 
 
-_BUILDERS: dict[str, Callable[[ml_collections.ConfigDict], Method]] = {
-    "rwl": lambda c: _contrastive(c, losses.rwl_loss),
-    "simclr": lambda c: _contrastive(c, losses.nt_xent_loss),
-    "byol": lambda c: _byol(c, _predictive(losses.byol_loss)),
-    "byol_gsg": lambda c: _byol(c, _gsg_loss),
-    "simsiam": lambda c: Method("simsiam", _predictive(losses.simsiam_loss), predictor=True),
-    "simsiam_gsg": lambda c: Method("simsiam_gsg", _gsg_loss, predictor=True),
-    "vicreg": _vicreg,
-    "barlow": _barlow,
+# Each builder takes (config, mesh); only the contrastive losses use the mesh (row sharding).
+# The others reduce over the batch with means and d x d matrices, which jit partitions well.
+_BUILDERS: dict[str, Callable[[ml_collections.ConfigDict, Mesh | None], Method]] = {
+    "rwl": _contrastive,
+    "simclr": _contrastive,
+    "byol": lambda c, mesh: _byol(c, _predictive(losses.byol_loss)),
+    "byol_gsg": lambda c, mesh: _byol(c, _gsg_loss),
+    "simsiam": lambda c, mesh: Method("simsiam", _predictive(losses.simsiam_loss), predictor=True),
+    "simsiam_gsg": lambda c, mesh: Method("simsiam_gsg", _gsg_loss, predictor=True),
+    "vicreg": lambda c, mesh: _vicreg(c),
+    "barlow": lambda c, mesh: _barlow(c),
 }
 
 METHODS = tuple(sorted(_BUILDERS))
@@ -184,7 +193,11 @@ def check_method_config(config: ml_collections.ConfigDict) -> None:
       _require(_finite(value) and value > 0, f"barlow.{name} must be > 0, got {value}")
 
 
-def get(config: ml_collections.ConfigDict) -> Method:
-  """The config's method, with its hyper-parameters bound."""
+def get(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Method:
+  """The config's method, with its hyper-parameters bound.
+
+  mesh: the mesh the train step is jitted over (batch on its first axis); with more than one
+  device, RWL and NT-Xent compute each device's rows of the similarity only (losses.sharded).
+  """
   check_method_config(config)
-  return _BUILDERS[config.method](config)
+  return _BUILDERS[config.method](config, mesh)

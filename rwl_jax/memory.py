@@ -1,0 +1,129 @@
+"""Per-device memory of the contrastive loss and the train step, from XLA's compiled memory analysis.
+
+  XLA_FLAGS=--xla_force_host_platform_device_count=64 JAX_PLATFORMS=cpu \\
+    python -m rwl_jax.memory --config=configs/cifar10_rwl.py --batches=1024,4096,16384,65536
+
+Nothing is executed: each program is lowered and compiled for the current devices (simulate a
+pod with the flag above) and its temporary-buffer size per device is read. Columns, per global
+batch B on D devices (b = B / D):
+  loss_row_sharded   value and gradient of the loss on [B, d] embeddings, each device computing
+                     its [2b, 2B] rows (losses.sharded): O(b B) per device;
+  loss_unsharded     the same loss written on the whole [2B, 2B] matrix, partitioned by jit on
+                     its own (what the step did before row sharding);
+  loss_replicated    the whole matrix on every device, as code that all-gathers the embeddings
+                     and then calls the loss does: O(B^2) per device;
+  step_row_sharded   the config's whole train step (encoder forward and backward on b images
+                     per device, two views), as train.py runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from absl import app, flags
+from ml_collections import config_flags
+
+from rwl_jax import losses, methods, parallel, train
+from rwl_jax.errors import ConfigError
+from rwl_jax.metrics import configure_logging
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
+_BATCHES = flags.DEFINE_list("batches", ["1024", "4096", "16384", "65536"], "Global batch sizes.")
+_STEP = flags.DEFINE_bool("step", True, "Also compile the whole train step.")
+_OUTPUT = flags.DEFINE_string("output", "", "Also write the rows as JSON here.")
+
+_LOSSES = {"rwl": (losses.rwl_loss, losses.sharded_rwl_loss),
+           "simclr": (losses.nt_xent_loss, losses.sharded_nt_xent_loss)}
+
+
+def _temp_bytes(compiled) -> int:
+  return int(compiled.memory_analysis().temp_size_in_bytes)
+
+
+def loss_temp_bytes(loss: Callable, global_batch: int, dim: int, temperature: float,
+                    mesh: jax.sharding.Mesh, *, replicate: bool = False) -> int:
+  """Per-device temporary bytes of jit(value_and_grad(loss)) on [B, dim] embeddings split on B
+  (replicate=True: on every device whole)."""
+  sharding = parallel.replicated(mesh) if replicate else parallel.data_sharded(mesh)
+  z = jax.ShapeDtypeStruct((global_batch, dim), jnp.float32, sharding=sharding)
+  value_and_grad = jax.value_and_grad(lambda a, b: loss(a, b, temperature), argnums=(0, 1))
+  compiled = jax.jit(value_and_grad, out_shardings=(parallel.replicated(mesh), (sharding, sharding))
+                     ).lower(z, z).compile()
+  return _temp_bytes(compiled)
+
+
+def step_temp_bytes(config, mesh: jax.sharding.Mesh) -> int:
+  """Per-device temporary bytes of the config's compiled train step (views [B, H, W, 3])."""
+  tx, _ = train.create_optimizer(config, steps_per_epoch=10)
+  defs, state = train.create_train_state(config, tx, mesh)
+  step = train.compile_train_step(
+      train.make_train_step(defs, tx, methods.get(config, mesh), seed=0, total_steps=10), mesh)
+  size = config.data.image_size
+  view = jax.ShapeDtypeStruct((config.global_batch_size, size, size, 3), jnp.float32,
+                              sharding=parallel.data_sharded(mesh))
+  return _temp_bytes(step.lower(state, {"view1": view, "view2": view}).compile())
+
+
+def memory_rows(config, batches: list[int], *, with_step: bool) -> list[dict[str, Any]]:
+  if config.method not in _LOSSES:
+    raise ConfigError(f"memory compares the row-sharded contrastive losses: method must be one of "
+                      f"{sorted(_LOSSES)}, got {config.method!r}")
+  mesh = parallel.make_mesh()
+  whole, sharded = _LOSSES[config.method]
+  dim = config.model.projector_dims[-1]
+  rows = []
+  for batch in batches:
+    parallel.check_batch_divisible(batch, mesh)
+    row = {"devices": mesh.devices.size, "global_batch": batch,
+           "local_batch": batch // mesh.devices.size,
+           "similarity_matrix_gib": (2 * batch) ** 2 * 4 / 2**30,
+           "loss_row_sharded_gib": loss_temp_bytes(
+               sharded(mesh, parallel.DATA_AXIS), batch, dim, config.temperature, mesh) / 2**30,
+           "loss_unsharded_gib": loss_temp_bytes(whole, batch, dim, config.temperature,
+                                                 mesh) / 2**30,
+           "loss_replicated_gib": loss_temp_bytes(whole, batch, dim, config.temperature, mesh,
+                                                  replicate=True) / 2**30}
+    if with_step:
+      step_config = config.copy_and_resolve_references()
+      step_config.global_batch_size = batch
+      row["step_row_sharded_gib"] = step_temp_bytes(step_config, mesh) / 2**30
+    rows.append(row)
+    print(json.dumps(row), flush=True)
+  return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+  columns = list(rows[0])
+  cell = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
+  lines = [" | ".join(columns), " | ".join("---" for _ in columns)]
+  return "\n".join(lines + [" | ".join(cell(row[c]) for c in columns) for row in rows])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  configure_logging()
+  try:
+    batches = [int(b) for b in _BATCHES.value]
+  except ValueError:
+    print(f"error: --batches must be integers, got {','.join(_BATCHES.value)}", file=sys.stderr)
+    sys.exit(2)
+  try:
+    train.validate_config(_CONFIG.value)
+    rows = memory_rows(_CONFIG.value, batches, with_step=_STEP.value)
+  except ConfigError as error:
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
+  print(format_table(rows))
+  if _OUTPUT.value:
+    with open(_OUTPUT.value, "w", encoding="utf-8") as f:
+      json.dump({"jax_version": jax.__version__, "platform": jax.devices()[0].platform,
+                 "method": _CONFIG.value.method, "rows": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+  app.run(main)
