@@ -101,7 +101,12 @@ def _peak_tflops(device, override: float | None) -> float | None:
 
 def benchmark_step(config, *, steps: int, warmup: int,
                    peak_tflops: float | None = None) -> dict[str, Any]:
-  """Compiles the real train step and times it on random views already sharded on the mesh."""
+  """Compiles the real train step and times it with its inputs already on the devices.
+
+  data.augment_on='host': the step on ready-made views (what the step costs once tf.data has
+  made them). 'device': the whole device path, uint8 images on the devices, gather and both JAX
+  augmentations inside the step (synthetic images: the cost does not depend on content).
+  """
   mesh = parallel.make_mesh()
   parallel.check_batch_divisible(config.global_batch_size, mesh)
   steps_per_epoch = max(1, 50_000 // config.global_batch_size)
@@ -114,24 +119,40 @@ def benchmark_step(config, *, steps: int, warmup: int,
   batch = parallel.to_global(
       {k: rng.normal(size=(config.global_batch_size, size, size, 3)).astype(np.float32)
        for k in ("view1", "view2")}, mesh)
+  # Model FLOPs (the encoder and heads, forward and backward): the augmentation is not counted.
   flops_per_step = count_flops(step_fn, state, batch)
-  compiled = train.compile_train_step(step_fn, mesh)
+  if config.data.augment_on == "device":
+    from rwl_jax.data import device_pipeline  # pylint: disable=g-import-not-at-top
+    from rwl_jax.data.recipe import AugmentRecipe  # pylint: disable=g-import-not-at-top
+    images = device_pipeline.put_dataset(
+        rng.integers(0, 256, (8 * config.global_batch_size, size, size, 3), dtype=np.uint8), mesh)
+    indices = parallel.to_global(
+        rng.permutation(8 * config.global_batch_size)[:config.global_batch_size].astype(np.int32),
+        mesh)
+    inputs = (images, indices)
+    compiled = device_pipeline.compile_device_step(device_pipeline.with_device_views(
+        step_fn, AugmentRecipe.from_config(config.augment), seed=config.seed, image_size=size,
+        mesh=mesh), mesh)
+  else:
+    inputs = (batch,)
+    compiled = train.compile_train_step(step_fn, mesh)
   start = time.perf_counter()
-  compiled = compiled.lower(state, batch).compile()
+  compiled = compiled.lower(state, *inputs).compile()
   compile_seconds = time.perf_counter() - start
   for _ in range(warmup):
-    state, metrics = compiled(state, batch)
+    state, metrics = compiled(state, *inputs)
   jax.block_until_ready(metrics)
   start = time.perf_counter()
   for _ in range(steps):
-    state, metrics = compiled(state, batch)
+    state, metrics = compiled(state, *inputs)
   jax.block_until_ready(metrics)
   seconds = (time.perf_counter() - start) / steps
   device = mesh.devices.flat[0]
   achieved = flops_per_step / seconds / 1e12
   peak = _peak_tflops(device, peak_tflops)
   return {
-      "mode": "step", "images_per_second": config.global_batch_size / seconds,
+      "mode": f"step ({config.data.augment_on} views)",
+      "images_per_second": config.global_batch_size / seconds,
       "ms_per_step": 1e3 * seconds, "compile_seconds": compile_seconds,
       "gflop_per_image": flops_per_step / config.global_batch_size / 1e9,
       "achieved_tflops": achieved, "mfu": achieved / (peak * mesh.devices.size) if peak else None,

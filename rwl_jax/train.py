@@ -22,7 +22,7 @@ import optax
 from absl import logging
 from flax import nnx, struct
 
-from rwl_jax import methods, models, parallel
+from rwl_jax import losses, methods, models, parallel
 from rwl_jax.checkpoint import Checkpointer
 from rwl_jax.data import device_pipeline, order, sources
 from rwl_jax.data.recipe import AugmentRecipe
@@ -190,15 +190,18 @@ def make_train_step(defs: ModelDefs, tx: optax.GradientTransformation, method: m
         p1, p2 = split_views(model.predictor(projections).astype(jnp.float32))
       # Without an EMA network the targets are the online projections (SimSiam); the predictive
       # losses stop their gradient themselves.
-      return method.loss(methods.Outputs(z1, z2, p1, p2),
+      loss = method.loss(methods.Outputs(z1, z2, p1, p2),
                          targets if method.ema_target else (z1, z2), key)
+      return loss, jax.lax.stop_gradient(z1)
 
     # nnx.value_and_grad differentiates the Params and carries BatchNorm's updates out.
-    loss, grads = nnx.value_and_grad(loss_of)(model)
+    (loss, z1), grads = nnx.value_and_grad(loss_of, has_aux=True)(model)
     batch_stats = nnx.state(model, nnx.BatchStat)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+    # representation_std ~1 for spread-out projections, 0 when they collapse to one point.
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
+               "representation_std": losses.normalized_std(z1)}
     if method.ema_target:
       momentum = methods.ema_momentum(state.step, total_steps, method.base_momentum)
       target_params = methods.ema_update(state.target_params, params, momentum)

@@ -1,6 +1,7 @@
 """The benchmark's FLOP count (from layer shapes) and a tiny end-to-end benchmark run."""
 
 import jax.numpy as jnp
+import pytest
 from flax import nnx
 
 from conftest import tiny_config
@@ -41,9 +42,12 @@ def test_resnet18_forward_count_matches_layer_table():
   assert abs(flops / 1e9 - 1.1108) < 1e-3
 
 
-def test_benchmark_step_reports_consistent_figures(cifar_dir, tmp_path):
+@pytest.mark.parametrize("augment_on", ["host", "device"])
+def test_benchmark_step_reports_consistent_figures(cifar_dir, tmp_path, augment_on):
   config = tiny_config(cifar_dir, tmp_path)
+  config.data.augment_on = augment_on  # device: gather and JAX augmentation inside the step
   row = benchmark.benchmark_step(config, steps=2, warmup=1)
+  assert row["mode"] == f"step ({augment_on} views)"
   assert row["images_per_second"] > 0 and row["compile_seconds"] > 0
   assert abs(row["ms_per_step"] - 1e3 * config.global_batch_size / row["images_per_second"]) < 1e-6
   # A training step costs about 3 forward passes of the encoder, for each of the two views.

@@ -138,3 +138,14 @@ def test_shape_checks():
     losses.normalized_mse(p1[None], z2[None])
   with pytest.raises(AssertionError):
     losses.negative_cosine(p1, z2[0])
+
+
+def test_normalized_std_monitors_collapse():
+  rng = np.random.default_rng(0)
+  z = rng.normal(size=(4096, 64)).astype(np.float32)
+  # Spread-out rows: each coordinate of z/||z|| has std close to 1/sqrt(d).
+  assert abs(float(losses.normalized_std(z)) - 1.0) < 0.02
+  expected = np.sqrt(64) * np.mean(np.std(z / np.linalg.norm(z, axis=1, keepdims=True), axis=0))
+  np.testing.assert_allclose(float(losses.normalized_std(z)), expected, rtol=1e-5)
+  collapsed = np.tile(z[:1], (128, 1)) * rng.uniform(0.5, 2.0, size=(128, 1)).astype(np.float32)
+  assert float(losses.normalized_std(collapsed)) < 1e-3  # one direction, any lengths

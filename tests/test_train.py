@@ -27,6 +27,9 @@ def test_trains_checkpoints_resumes_and_reports(method, cifar_dir, tmp_path):
   losses = read_losses(workdir)
   assert len(losses) == 8  # logged every 5 steps over 40 steps
   assert np.mean(losses[-2:]) < np.mean(losses[:2]), losses
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  spread = [row["representation_std"] for row in rows if "loss" in row]
+  assert len(spread) == 8 and all(0.1 < s < 1.5 for s in spread), spread  # not collapsed
   saved = json.loads((workdir / "results.json").read_text())
   for key in ("knn_top1", "linear_top1", "epochs", "method", "images_per_second"):
     assert key in saved

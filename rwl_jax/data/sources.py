@@ -193,7 +193,8 @@ def _cache_path(cache_dir: str, root: pathlib.Path, split: str, paths: list[path
 
 def eval_batches(split: ArraySplit, batch_size: int,
                  num_batches: int | None = None) -> Iterator[dict[str, np.ndarray]]:
-  """Fixed-size batches of uint8 images in order, padded at the end; `mask` marks real rows.
+  """Fixed-size batches of uint8 images in order, padded at the end; `mask` marks real rows and
+  `index` gives each row's position in the split.
 
   num_batches (at least enough for the split) lets processes holding different numbers of
   examples run the same number of batches.
@@ -208,4 +209,5 @@ def eval_batches(split: ArraySplit, batch_size: int,
       pad = batch_size - real
       images = np.concatenate([images, np.zeros((pad,) + split.images.shape[1:], np.uint8)])
       labels = np.concatenate([labels, np.zeros((pad,), np.int32)])
-    yield {"image": images, "label": labels, "mask": np.arange(batch_size) < real}
+    yield {"image": images, "label": labels, "mask": np.arange(batch_size) < real,
+           "index": np.arange(start, start + batch_size, dtype=np.int32)}

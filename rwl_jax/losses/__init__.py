@@ -20,6 +20,7 @@ from rwl_jax.losses.predictive import (
     byol_loss,
     negative_cosine,
     normalized_mse,
+    normalized_std,
     simsiam_loss,
 )
 from rwl_jax.losses.redundancy import (

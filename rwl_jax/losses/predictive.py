@@ -22,6 +22,16 @@ import jax.numpy as jnp
 from rwl_jax.losses.contrastive import l2_normalize
 
 
+def normalized_std(z: chex.Array) -> chex.Array:
+  """sqrt(d) * mean_k std_i n(z)_ik, the collapse monitor of the SimSiam paper (Sec. 4.1).
+
+  For [B, d] projections spread like random directions each coordinate of n(z) has std about
+  1/sqrt(d), so this is about 1; if every row collapses to one direction it is 0.
+  """
+  chex.assert_rank(z, 2)
+  return jnp.sqrt(float(z.shape[1])) * jnp.mean(jnp.std(l2_normalize(z), axis=0))
+
+
 def _check_pairs(*arrays: chex.Array) -> None:
   chex.assert_rank(list(arrays), 2)
   chex.assert_equal_shape(list(arrays))
