@@ -66,10 +66,11 @@ def plot(runs: Sequence[dict[str, Any]], path: str, title: str) -> None:
   fig, axis = plt.subplots(figsize=(7, 4.5))
   for run in runs:
     minutes, _, knn = zip(*run["knn_curve"]) if run["knn_curve"] else ((), (), ())
+    method = run["results"].get("method", "?")
     axis.plot(minutes, [100 * k for k in knn], marker="o", markersize=3,
-              label=f"{run['name']} ({run['results'].get('method', '?')})")
-  axis.set(xlabel="wall-clock minutes since the run started", ylabel="kNN top-1 (%)",
-           title=title)
+              label=run["name"] if run["name"] == method else f"{run['name']} ({method})")
+  axis.set(xlabel="wall-clock minutes since the run started", ylabel="kNN top-1 (%)")
+  axis.set_title(title, fontsize=9)
   axis.grid(alpha=0.3)
   axis.legend(fontsize=8)
   fig.tight_layout()
