@@ -87,3 +87,18 @@ def tiny_config(image_dir: pathlib.Path, cache_dir: pathlib.Path, method: str = 
   config.log_every_steps = 5
   config.checkpoint_every_epochs = 1
   return config
+
+
+def run_on_devices(script: str, devices: int = 8, timeout: int = 900):
+  """Runs `script` in a fresh Python on `devices` simulated CPU devices (the count is fixed when
+  JAX starts) and returns the JSON it printed on a line starting with 'RESULT '."""
+  import json  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+  done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=timeout)
+  assert done.returncode == 0, done.stderr[-3000:]
+  line = next(l for l in done.stdout.splitlines() if l.startswith("RESULT "))
+  return json.loads(line[len("RESULT "):])

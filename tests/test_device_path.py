@@ -1,16 +1,13 @@
 """data.augment_on='device': the split on the devices, JAX views inside the step."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import textwrap
 
 import jax
 import numpy as np
 
-from conftest import REPO, tiny_config
+from conftest import run_on_devices, tiny_config
 from rwl_jax import parallel, train
 from rwl_jax.checkpoint import Checkpointer
 
@@ -74,10 +71,5 @@ _SCRIPT = textwrap.dedent("""
 
 
 def test_device_views_do_not_depend_on_the_device_count():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
-  done = subprocess.run([sys.executable, "-c", _SCRIPT], cwd=REPO, env=env, capture_output=True,
-                        text=True, timeout=600)
-  assert done.returncode == 0, done.stderr[-3000:]
-  one, eight = json.loads(next(l for l in done.stdout.splitlines() if l.startswith("RESULT "))[7:])
+  one, eight = run_on_devices(_SCRIPT)
   assert abs(one - eight) <= 1e-5 * abs(one)

@@ -2,13 +2,9 @@
 over the global batch, parameters replicated), for every method (EMA target and GSG pairing
 included)."""
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
-from conftest import REPO
+from conftest import run_on_devices
 from rwl_jax import methods
 
 # Runs in a fresh process: the device count is fixed when JAX starts.
@@ -62,13 +58,7 @@ _SCRIPT = textwrap.dedent("""
 
 
 def test_one_and_eight_devices_agree():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
-  done = subprocess.run([sys.executable, "-c", _SCRIPT], cwd=REPO, env=env, capture_output=True,
-                        text=True, timeout=600)
-  assert done.returncode == 0, done.stderr[-3000:]
-  line = next(l for l in done.stdout.splitlines() if l.startswith("RESULT "))
-  results = json.loads(line[len("RESULT "):])
+  results = run_on_devices(_SCRIPT)
   assert sorted(results) == sorted(methods.METHODS)
   # rwl and simclr keep their strict 1e-5. The other losses are less well conditioned at 16
   # images and 8 dims (Barlow Twins standardises each dim by a 16-row std, VICReg divides by it,

@@ -2,13 +2,9 @@
 gradients as the whole-matrix losses, O(b B) memory per device, and a train step that moves no
 images between devices."""
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
-from conftest import REPO
+from conftest import run_on_devices
 
 # Runs in a fresh process: the device count is fixed when JAX starts.
 _SCRIPT = textwrap.dedent("""
@@ -59,12 +55,7 @@ _SCRIPT = textwrap.dedent("""
 
 
 def test_row_sharded_losses_match_memory_and_collectives():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
-  done = subprocess.run([sys.executable, "-c", _SCRIPT], cwd=REPO, env=env, capture_output=True,
-                        text=True, timeout=900)
-  assert done.returncode == 0, done.stderr[-3000:]
-  out = json.loads(next(l for l in done.stdout.splitlines() if l.startswith("RESULT "))[7:])
+  out = run_on_devices(_SCRIPT)
   for name, dtype, tau, whole, sharded, grad_error in out["agreement"]:
     assert abs(whole - sharded) <= 1e-5 * abs(whole), (name, dtype, tau, whole, sharded)
     assert grad_error <= 1e-5, (name, dtype, tau, grad_error)
