@@ -170,7 +170,7 @@ def benchmark_pipeline(config, *, steps: int, warmup: int) -> dict[str, Any]:
   batches = pipeline.train_batches(data.train, shards=data.train_shards,
                                    global_batch_size=config.global_batch_size,
                                    recipe=AugmentRecipe.from_config(config.augment),
-                                   seed=config.seed, epoch=0,
+                                   seed=config.seed, first_step=0,
                                    prefetch=config.data.prefetch_batches)
   available = data.train_shards.steps_per_epoch(config.global_batch_size)
   if available < warmup + steps:

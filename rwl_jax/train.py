@@ -360,11 +360,22 @@ def _input_path(config, base_step, data: ProcessData, recipe: AugmentRecipe,
   if config.data.augment_on == "host":
     from rwl_jax.data import pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow)
 
+    steps_per_epoch = data.train_shards.steps_per_epoch(config.global_batch_size)
+    run = {"batches": None, "next_step": None}  # one tf.data pipeline for the whole run
+
     def host_inputs(epoch: int, start_step: int):
-      for batch in pipeline.train_batches(
-          data.train, shards=data.train_shards, global_batch_size=config.global_batch_size,
-          recipe=recipe, seed=config.seed, epoch=epoch, start_step=start_step,
-          prefetch=config.data.prefetch_batches):
+      first = epoch * steps_per_epoch + start_step
+      if run["batches"] is None:
+        run["batches"] = pipeline.train_batches(
+            data.train, shards=data.train_shards, global_batch_size=config.global_batch_size,
+            recipe=recipe, seed=config.seed, first_step=first,
+            last_step=steps_per_epoch * config.num_epochs, prefetch=config.data.prefetch_batches)
+      elif first != run["next_step"]:
+        raise RuntimeError(f"host input asked for step {first}, its pipeline is at "
+                           f"{run['next_step']}")
+      for step in range(first, (epoch + 1) * steps_per_epoch):
+        batch = next(run["batches"])
+        run["next_step"] = step + 1
         yield (parallel.to_global({"view1": batch["view1"], "view2": batch["view2"]}, mesh),)
 
     return compile_train_step(base_step, mesh), host_inputs

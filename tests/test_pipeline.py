@@ -17,10 +17,12 @@ def train_split(cifar_dir, tmp_path_factory):
   return sources.load_split(config.data, "train")
 
 
-def batches(split, epoch=0, seed=0, shards=None, **kwargs):
+def batches(split, epoch=0, seed=0, shards=None, start_step=0, **kwargs):
+  """One epoch's batches (from its step start_step on)."""
   shards = shards or DataShards(len(split))
+  first = epoch * shards.steps_per_epoch(64) + start_step
   return list(pipeline.train_batches(split, shards=shards, global_batch_size=64,
-                                     recipe=AugmentRecipe(), seed=seed, epoch=epoch, **kwargs))
+                                     recipe=AugmentRecipe(), seed=seed, first_step=first, **kwargs))
 
 
 def test_image_folder_source(train_split, cifar_dir, tmp_path):
@@ -92,3 +94,20 @@ def test_processes_reading_only_their_shards_tile_the_global_batch(train_split):
     for name in whole[step]:
       np.testing.assert_array_equal(
           np.concatenate([share[step][name] for share in shares]), whole[step][name])
+
+
+def test_one_pipeline_across_epochs_equals_epoch_by_epoch(train_split):
+  shards = DataShards(len(train_split))
+  run = list(pipeline.train_batches(train_split, shards=shards, global_batch_size=64,
+                                    recipe=AugmentRecipe(), seed=0, first_step=7, last_step=23))
+  by_epoch = batches(train_split, epoch=0, start_step=7) + batches(train_split, epoch=1) + \
+      batches(train_split, epoch=2)[:3]
+  assert len(run) == len(by_epoch) == 16
+  for a, b in zip(run, by_epoch):
+    for name in a:
+      np.testing.assert_array_equal(a[name], b[name])
+  # Each step's images are the ones its epoch's order names.
+  for step, batch in zip(range(7, 23), run):
+    epoch, index = divmod(step, 10)
+    expected = train_split.labels[shards.local_epoch_order(64, seed=0, epoch=epoch)[index]]
+    np.testing.assert_array_equal(batch["label"], expected)

@@ -27,36 +27,48 @@ tf.config.set_visible_devices([], "GPU")
 
 
 def train_batches(local_split: ArraySplit, *, shards: DataShards, global_batch_size: int,
-                  recipe: AugmentRecipe, seed: int, epoch: int, start_step: int = 0,
+                  recipe: AugmentRecipe, seed: int, first_step: int = 0,
+                  last_step: int | None = None,
                   prefetch: int = 2) -> Iterator[dict[str, np.ndarray]]:
-  """One epoch of this process's rows of the global batches, from step `start_step` on.
+  """This process's rows of the global batches of steps [first_step, last_step), across epochs.
 
+  One dataset for the whole run, so prefetching carries over epoch boundaries (no rebuild and
+  no first-batch wait each epoch); last_step=None runs to the end of first_step's epoch.
   local_split holds this process's examples (shards.process_range() of the split). Yields dicts
   with 'view1', 'view2' (float32 [local_batch, H, W, 3], normalised) and 'label' (int32
   [local_batch]), where local_batch = global_batch_size / process_count.
   """
-  order = shards.local_epoch_order(global_batch_size, seed, epoch)
-  num_steps = len(order)
+  steps_per_epoch = shards.steps_per_epoch(global_batch_size)
+  if last_step is None:
+    last_step = (first_step // steps_per_epoch + 1) * steps_per_epoch
+  local_batch = global_batch_size // shards.process_count
   rows = shards.local_rows(global_batch_size)
-  first_global_step = epoch * num_steps
   height, width = local_split.images.shape[1:3]
   images = tf.constant(local_split.images)
   labels = tf.constant(local_split.labels)
+
+  def steps_and_indices():
+    # Small int arrays only; the images are gathered and augmented in the parallel map below.
+    order = None
+    for step in range(first_step, last_step):
+      epoch, index = divmod(step, steps_per_epoch)
+      if index == 0 or order is None:
+        order = shards.local_epoch_order(global_batch_size, seed, epoch)
+      yield step, order[index]
 
   def make_views(step, local_indices):
     batch = tf.gather(images, local_indices)
     views = {}
     for view in (0, 1):
-      view_seed = tf.stack([tf.constant(seed, tf.int64),
-                            2 * (first_global_step + step) + view])
+      view_seed = tf.stack([tf.constant(seed, tf.int64), 2 * step + view])
       params = augment_tf.sample_view_params(view_seed, global_batch_size, (height, width), recipe)
       params = {name: value[rows] for name, value in params.items()}
       views[f"view{view + 1}"] = augment_tf.apply_view(batch, params, recipe, height)
     views["label"] = tf.gather(labels, local_indices)
     return views
 
-  dataset = tf.data.Dataset.from_tensor_slices(
-      (np.arange(num_steps, dtype=np.int64)[start_step:], order[start_step:]))
+  dataset = tf.data.Dataset.from_generator(steps_and_indices, output_signature=(
+      tf.TensorSpec((), tf.int64), tf.TensorSpec((local_batch,), tf.int64)))
   dataset = dataset.map(make_views, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   dataset = dataset.prefetch(prefetch)
   options = tf.data.Options()
