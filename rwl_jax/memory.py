@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from absl import app, flags
 from ml_collections import config_flags
 
-from rwl_jax import losses, methods, parallel, train
+from rwl_jax import methods, parallel, train
 from rwl_jax.errors import ConfigError
 from rwl_jax.metrics import configure_logging
 
@@ -36,8 +36,6 @@ _BATCHES = flags.DEFINE_list("batches", ["1024", "4096", "16384", "65536"], "Glo
 _STEP = flags.DEFINE_bool("step", True, "Also compile the whole train step.")
 _OUTPUT = flags.DEFINE_string("output", "", "Also write the rows as JSON here.")
 
-_LOSSES = {"rwl": (losses.rwl_loss, losses.sharded_rwl_loss),
-           "simclr": (losses.nt_xent_loss, losses.sharded_nt_xent_loss)}
 
 
 def _temp_bytes(compiled) -> int:
@@ -69,11 +67,11 @@ def step_temp_bytes(config, mesh: jax.sharding.Mesh) -> int:
 
 
 def memory_rows(config, batches: list[int], *, with_step: bool) -> list[dict[str, Any]]:
-  if config.method not in _LOSSES:
+  if config.method not in methods.CONTRASTIVE_LOSSES:
     raise ConfigError(f"memory compares the row-sharded contrastive losses: method must be one of "
-                      f"{sorted(_LOSSES)}, got {config.method!r}")
+                      f"{sorted(methods.CONTRASTIVE_LOSSES)}, got {config.method!r}")
   mesh = parallel.make_mesh()
-  whole, sharded = _LOSSES[config.method]
+  whole, sharded = methods.CONTRASTIVE_LOSSES[config.method]
   dim = config.model.projector_dims[-1]
   rows = []
   for batch in batches:

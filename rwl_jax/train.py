@@ -229,13 +229,8 @@ def evaluate(config: ml_collections.ConfigDict, defs: ModelDefs, state: TrainSta
   """
   from rwl_jax.evaluate import knn_top1, linear_probe_top1  # pylint: disable=g-import-not-at-top
 
-  recipe = AugmentRecipe.from_config(config.augment)
-  feature_fn = feature_lib.make_feature_fn(defs.eval, recipe, mesh)
-  batch_size = feature_lib.round_up(config.eval.batch_size, mesh.devices.size)
-  train_features, train_labels = feature_lib.extract(
-      feature_fn, state.params, state.batch_stats, data.train, data.train_shards, batch_size, mesh)
-  test_features, test_labels = feature_lib.extract(
-      feature_fn, state.params, state.batch_stats, data.test, data.test_shards, batch_size, mesh)
+  features = encoder_features(config, defs, state, data, mesh, ("train", "test"))
+  (train_features, train_labels), (test_features, test_labels) = features["train"], features["test"]
   num_classes = len(data.class_names)
   results = {"knn_top1": knn_top1(train_features, train_labels, test_features, test_labels,
                                   num_classes=num_classes, k=config.eval.knn_k,
@@ -261,6 +256,23 @@ class ProcessData:
   @property
   def class_names(self) -> tuple[str, ...]:
     return self.train.class_names
+
+
+def encoder_features(config: ml_collections.ConfigDict, defs: ModelDefs, state: TrainState,
+                     data: ProcessData, mesh: jax.sharding.Mesh, splits: tuple[str, ...]
+                     ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """{split: ([N, D] frozen encoder features, [N] labels)} for 'train' and/or 'test', each in
+  split order with every process's examples (one compiled feature function for all splits)."""
+  feature_fn = feature_lib.make_feature_fn(defs.eval, AugmentRecipe.from_config(config.augment),
+                                           mesh)
+  batch_size = feature_lib.round_up(config.eval.batch_size, mesh.devices.size)
+  held = {"train": (data.train, data.train_shards), "test": (data.test, data.test_shards)}
+  unknown = set(splits) - set(held)
+  if unknown:
+    raise ConfigError(f"features are for the 'train' and 'test' splits, got {sorted(unknown)}")
+  return {split: feature_lib.extract(feature_fn, state.params, state.batch_stats, *held[split],
+                                     batch_size, mesh)
+          for split in splits}
 
 
 def load_data(config: ml_collections.ConfigDict) -> ProcessData:
@@ -350,10 +362,12 @@ class _StopSignals:
 
 
 def _input_path(config, base_step, data: ProcessData, recipe: AugmentRecipe,
-                mesh: jax.sharding.Mesh):
+                mesh: jax.sharding.Mesh, first_step: int):
   """(compiled step, epoch_inputs(epoch, start_step) -> iterator of the step's extra arguments).
 
-  'host': tf.data makes the two views on the CPU and each step receives them.
+  The loop asks for the epochs in order, the first from first_step (a resumed run's step) on.
+  'host': tf.data makes the two views on the CPU and each step receives them; one pipeline for
+  the whole run, so its prefetching carries over epoch boundaries.
   'device': this process's uint8 examples live on its devices and each step receives only the
   batch's indices; the same epoch order, views made in JAX inside the step (device_pipeline).
   """
@@ -361,21 +375,14 @@ def _input_path(config, base_step, data: ProcessData, recipe: AugmentRecipe,
     from rwl_jax.data import pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow)
 
     steps_per_epoch = data.train_shards.steps_per_epoch(config.global_batch_size)
-    run = {"batches": None, "next_step": None}  # one tf.data pipeline for the whole run
+    batches = pipeline.train_batches(  # a generator: nothing runs until the first batch
+        data.train, shards=data.train_shards, global_batch_size=config.global_batch_size,
+        recipe=recipe, seed=config.seed, first_step=first_step,
+        last_step=steps_per_epoch * config.num_epochs, prefetch=config.data.prefetch_batches)
 
     def host_inputs(epoch: int, start_step: int):
-      first = epoch * steps_per_epoch + start_step
-      if run["batches"] is None:
-        run["batches"] = pipeline.train_batches(
-            data.train, shards=data.train_shards, global_batch_size=config.global_batch_size,
-            recipe=recipe, seed=config.seed, first_step=first,
-            last_step=steps_per_epoch * config.num_epochs, prefetch=config.data.prefetch_batches)
-      elif first != run["next_step"]:
-        raise RuntimeError(f"host input asked for step {first}, its pipeline is at "
-                           f"{run['next_step']}")
-      for step in range(first, (epoch + 1) * steps_per_epoch):
-        batch = next(run["batches"])
-        run["next_step"] = step + 1
+      for _ in range(start_step, steps_per_epoch):
+        batch = next(batches)
         yield (parallel.to_global({"view1": batch["view1"], "view2": batch["view2"]}, mesh),)
 
     return compile_train_step(base_step, mesh), host_inputs
@@ -429,14 +436,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   base_step = make_train_step(defs, tx, methods.get(config, mesh), seed=config.seed,
                               total_steps=num_steps)
-  train_step, epoch_inputs = _input_path(config, base_step, data, recipe, mesh)
-  writer = MetricWriter(workdir_path, on_write=None if on_metrics is None else (
-      lambda step, scalars: on_metrics(step, num_steps, scalars)))
-  metrics = _MetricBuffer()
   step = int(parallel.fetch(state.step))
   if step > num_steps:
     raise ConfigError(f"the checkpoint in {workdir_path} is at step {step}, past this config's "
                       f"{num_steps} steps; use a new --workdir or more num_epochs")
+  train_step, epoch_inputs = _input_path(config, base_step, data, recipe, mesh, step)
+  writer = MetricWriter(workdir_path, on_write=None if on_metrics is None else (
+      lambda step, scalars: on_metrics(step, num_steps, scalars)))
+  metrics = _MetricBuffer()
   logging.info("%s on %d train / %d test images, %d devices, %d steps of batch %d",
                config.method, num_train, data.test_shards.num_examples, mesh.devices.size,
                num_steps, config.global_batch_size)

@@ -18,9 +18,7 @@ import numpy as np
 
 from rwl_jax import parallel, train
 from rwl_jax.checkpoint import Checkpointer
-from rwl_jax.data.recipe import AugmentRecipe
 from rwl_jax.errors import ConfigError
-from rwl_jax.evaluate import features as feature_lib
 
 
 @dataclasses.dataclass
@@ -40,16 +38,8 @@ class Run:
 
   def features(self, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
     """([N, D] frozen encoder features, [N] labels) of the 'train' or 'test' split."""
-    if split not in ("train", "test"):
-      raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
-    local, shards = ((self.data.train, self.data.train_shards) if split == "train"
-                     else (self.data.test, self.data.test_shards))
-    feature_fn = feature_lib.make_feature_fn(self.defs.eval,
-                                             AugmentRecipe.from_config(self.config.augment),
-                                             self.mesh)
-    batch_size = feature_lib.round_up(self.config.eval.batch_size, self.mesh.devices.size)
-    return feature_lib.extract(feature_fn, self.state.params, self.state.batch_stats, local,
-                               shards, batch_size, self.mesh)
+    return train.encoder_features(self.config, self.defs, self.state, self.data, self.mesh,
+                                  (split,))[split]
 
 
 def load_run(workdir: str | pathlib.Path, step: int | None = None) -> Run:

@@ -104,14 +104,17 @@ def _predictive(loss: Callable[..., jax.Array]) -> MethodLoss:
   return lambda online, targets, key: loss(online.p1, online.p2, *targets)
 
 
+# The contrastive methods' losses: (whole-matrix loss, builder of its row-sharded version).
+CONTRASTIVE_LOSSES = {"rwl": (losses.rwl_loss, losses.sharded_rwl_loss),
+                      "simclr": (losses.nt_xent_loss, losses.sharded_nt_xent_loss)}
+
+
 def _contrastive(config: ml_collections.ConfigDict, mesh: Mesh | None) -> Method:
   """RWL or NT-Xent; row-sharded over the mesh's data axis when it has several devices."""
   temperature = float(config.temperature)
-  if mesh is not None and mesh.devices.size > 1:
-    build = {"rwl": losses.sharded_rwl_loss, "simclr": losses.sharded_nt_xent_loss}[config.method]
-    loss = build(mesh, mesh.axis_names[0])
-  else:
-    loss = {"rwl": losses.rwl_loss, "simclr": losses.nt_xent_loss}[config.method]
+  whole, build_sharded = CONTRASTIVE_LOSSES[config.method]
+  loss = (build_sharded(mesh, mesh.axis_names[0]) if mesh is not None and mesh.devices.size > 1
+          else whole)
   return Method(config.method, lambda online, targets, key: loss(online.z1, online.z2, temperature))
 
 
@@ -149,7 +152,6 @@ _BUILDERS: dict[str, Callable[[ml_collections.ConfigDict, Mesh | None], Method]]
 }
 
 METHODS = tuple(sorted(_BUILDERS))
-_CONTRASTIVE = ("rwl", "simclr")
 _PREDICTIVE = ("byol", "byol_gsg", "simsiam", "simsiam_gsg")
 
 
@@ -166,7 +168,7 @@ def check_method_config(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError (one line) on an unknown method or an invalid hyper-parameter of it."""
   method = config.method
   _require(method in _BUILDERS, f"unknown method {method!r}; choose one of {list(METHODS)}")
-  if method in _CONTRASTIVE:
+  if method in CONTRASTIVE_LOSSES:
     _require(config.temperature > 0, f"temperature must be > 0, got {config.temperature}")
   if method in _PREDICTIVE:
     dims = list(config.model.predictor_dims)
