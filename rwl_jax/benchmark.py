@@ -23,7 +23,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from rwl_jax import methods, parallel, train
+from rwl_jax import cli, methods, parallel, paths, train
 from rwl_jax.errors import ConfigError
 from rwl_jax.metrics import configure_logging
 
@@ -223,9 +223,9 @@ def main(argv):
             "devices": [d.device_kind for d in jax.devices()], "jax_version": jax.__version__}
   print(json.dumps(header))
   print(format_table(rows))
-  with open(_OUTPUT.value, "w", encoding="utf-8") as f:
-    json.dump({**header, "results": rows}, f, indent=2)
+  paths.as_path(_OUTPUT.value, "--output").write_text(
+      json.dumps({**header, "results": rows}, indent=2))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

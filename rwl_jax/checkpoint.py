@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-import pathlib
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from absl import logging
+from etils import epath
 
+from rwl_jax import paths
 from rwl_jax.errors import ConfigError
 
 
 class Checkpointer:
   """An Orbax CheckpointManager over workdir/checkpoints, keeping the newest `keep`."""
 
-  def __init__(self, workdir: str | pathlib.Path, *, keep: int = 3):
-    self.directory = pathlib.Path(workdir).resolve() / "checkpoints"
+  def __init__(self, workdir: epath.PathLike, *, keep: int = 3):
+    self.directory = paths.workdir(workdir) / "checkpoints"
     self._manager = ocp.CheckpointManager(
         self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
         item_handlers=ocp.StandardCheckpointHandler())

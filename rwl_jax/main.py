@@ -9,7 +9,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from rwl_jax import train
+from rwl_jax import cli, train
 from rwl_jax.errors import ConfigError, RunError
 from rwl_jax.metrics import configure_logging
 
@@ -48,4 +48,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from absl import app, flags
 from ml_collections import config_flags
 
-from rwl_jax import methods, parallel, train
+from rwl_jax import cli, methods, parallel, paths, train
 from rwl_jax.errors import ConfigError
 from rwl_jax.metrics import configure_logging
 
@@ -118,10 +118,10 @@ def main(argv):
     sys.exit(2)
   print(format_table(rows))
   if _OUTPUT.value:
-    with open(_OUTPUT.value, "w", encoding="utf-8") as f:
-      json.dump({"jax_version": jax.__version__, "platform": jax.devices()[0].platform,
-                 "method": _CONFIG.value.method, "rows": rows}, f, indent=2)
+    paths.as_path(_OUTPUT.value, "--output").write_text(json.dumps(
+        {"jax_version": jax.__version__, "platform": jax.devices()[0].platform,
+         "method": _CONFIG.value.method, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -7,12 +7,15 @@ the accelerator machines do not have; tensorboardX writes the same event files w
 from __future__ import annotations
 
 import json
-import pathlib
+import os
 import time
 from typing import Callable, Mapping
 
 import jax
 from absl import logging
+from etils import epath
+
+from rwl_jax import paths
 
 
 class MetricWriter:
@@ -21,7 +24,7 @@ class MetricWriter:
   on_write(step, scalars), if given, also receives every write (a notebook's progress bar).
   """
 
-  def __init__(self, workdir: str | pathlib.Path, *, enabled: bool | None = None,
+  def __init__(self, workdir: epath.PathLike, *, enabled: bool | None = None,
                on_write: Callable[[int, dict[str, float]], None] | None = None):
     self._enabled = jax.process_index() == 0 if enabled is None else enabled
     self._on_write = on_write
@@ -29,9 +32,10 @@ class MetricWriter:
     self._jsonl = None
     if self._enabled:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      workdir = pathlib.Path(workdir)
-      self._tensorboard = SummaryWriter(str(workdir / "tensorboard"))
-      self._jsonl = open(workdir / "metrics.jsonl", "a", encoding="utf-8")
+      workdir = paths.as_path(workdir, "workdir")
+      _write_event_files_through_epath()
+      self._tensorboard = SummaryWriter(os.fspath(workdir / "tensorboard"))
+      self._jsonl = (workdir / "metrics.jsonl").open("a")
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
     if not self._enabled:
@@ -49,6 +53,27 @@ class MetricWriter:
       self._tensorboard.close()
       self._jsonl.close()
       self._enabled = False
+
+
+class _EpathEventFiles:
+  """A tensorboardX writer factory that writes event files through epath (gs://, s3://, ...).
+
+  tensorboardX's own gs:// writer needs google-cloud-storage and re-uploads the whole file on every
+  flush; this one writes where every other file of the run goes, through the same filesystem.
+  """
+
+  def open(self, path: str):
+    return epath.Path(path).open("wb")
+
+  def directory_check(self, path: str) -> None:
+    epath.Path(path).mkdir(parents=True, exist_ok=True)
+
+
+def _write_event_files_through_epath() -> None:
+  from tensorboardX import record_writer  # pylint: disable=g-import-not-at-top
+
+  for scheme in paths.URL_SCHEMES:
+    record_writer.register_writer_factory(scheme, _EpathEventFiles())
 
 
 def log_progress(epoch: int, num_epochs: int, step: int, num_steps: int,

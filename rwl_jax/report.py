@@ -11,12 +11,13 @@ Minutes include everything the run did: compilation, input pipeline, periodic kN
 from __future__ import annotations
 
 import json
-import pathlib
 import sys
 from typing import Any, Sequence
 
 from absl import app, flags
+from etils import epath
 
+from rwl_jax import cli, paths
 from rwl_jax.errors import ConfigError
 
 _WORKDIRS = flags.DEFINE_list("workdirs", None, "Run directories.", required=True)
@@ -24,9 +25,9 @@ _PLOT = flags.DEFINE_string("plot", "", "Write the kNN-against-minutes plot here
 _TITLE = flags.DEFINE_string("title", "kNN top-1 against wall-clock time", "Plot title.")
 
 
-def load(workdir: str | pathlib.Path) -> dict[str, Any]:
+def load(workdir: epath.PathLike) -> dict[str, Any]:
   """{'name', 'results', 'knn_curve': [(minutes, step, knn_top1)]} of one finished run."""
-  workdir = pathlib.Path(workdir)
+  workdir = paths.as_path(workdir, "--workdirs")
   results_path, metrics_path = workdir / "results.json", workdir / "metrics.jsonl"
   for path in (results_path, metrics_path):
     if not path.is_file():
@@ -74,7 +75,10 @@ def plot(runs: Sequence[dict[str, Any]], path: str, title: str) -> None:
   axis.grid(alpha=0.3)
   axis.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  output = paths.as_path(path, "--plot")
+  output.parent.mkdir(parents=True, exist_ok=True)
+  with output.open("wb") as f:  # savefig alone would not write to a URL
+    fig.savefig(f, format="png", dpi=120)
   plt.close(fig)
 
 
@@ -93,4 +97,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import pathlib
 import signal
 import threading
 import time
@@ -20,9 +19,10 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
+from etils import epath
 from flax import nnx, struct
 
-from rwl_jax import losses, methods, models, parallel
+from rwl_jax import losses, methods, models, parallel, paths
 from rwl_jax.checkpoint import Checkpointer
 from rwl_jax.data import device_pipeline, order, sources
 from rwl_jax.data.recipe import AugmentRecipe
@@ -294,7 +294,7 @@ def load_data(config: ml_collections.ConfigDict) -> ProcessData:
                      train_shards=train_shards, test_shards=test_shards)
 
 
-def _save_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
+def _save_config(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
   if jax.process_index() == 0:
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
 
@@ -400,7 +400,7 @@ def _input_path(config, base_step, data: ProcessData, recipe: AugmentRecipe,
   return device_pipeline.compile_device_step(step, mesh), device_inputs
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.PathLike, *,
                        on_metrics: Callable[[int, int, dict[str, float]], None] | None = None
                        ) -> dict[str, Any]:
   """Trains config.method on config.data, resuming from workdir's checkpoints; returns results.
@@ -410,7 +410,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   averages, kNN evaluations, the final results), e.g. to drive a progress bar.
   """
   validate_config(config)
-  workdir_path = pathlib.Path(workdir).expanduser()
+  workdir_path = paths.workdir(workdir)  # local or a URL (gs://), never a local 'gs:' folder
   workdir_path.mkdir(parents=True, exist_ok=True)
   mesh = parallel.make_mesh()
   parallel.check_batch_divisible(config.global_batch_size, mesh)

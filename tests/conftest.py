@@ -11,8 +11,6 @@ import tarfile
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-  sys.path.insert(0, str(REPO))  # `from configs import common` inside the config files
 SHARED_DATA = pathlib.Path(os.environ.get("RWL_JAX_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
@@ -71,7 +69,7 @@ def cifar_dir(tmp_path_factory) -> pathlib.Path:
 
 def tiny_config(image_dir: pathlib.Path, cache_dir: pathlib.Path, method: str = "rwl"):
   """The reference config shrunk to seconds on a CPU: narrow ResNet-18, small batch, few epochs."""
-  from configs import common  # pylint: disable=g-import-not-at-top
+  from rwl_jax.configs import common  # pylint: disable=g-import-not-at-top
 
   config = common.get_config()
   config.method = method

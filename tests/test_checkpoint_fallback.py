@@ -2,8 +2,12 @@
 
 import logging
 
+import pytest
+
 from conftest import tiny_config
 from rwl_jax import train
+
+pytestmark = pytest.mark.slow  # compiles full train steps; `-m 'not slow'` skips it
 
 
 def test_damaged_newest_checkpoint_falls_back(cifar_dir, tmp_path, caplog):

@@ -5,8 +5,11 @@ import json
 
 import nbformat
 from nbclient import NotebookClient
+import pytest
 
 from conftest import REPO
+
+pytestmark = pytest.mark.slow  # compiles full train steps; `-m 'not slow'` skips it
 
 
 def test_colab_notebook_runs_end_to_end(cifar_dir, tmp_path, monkeypatch):

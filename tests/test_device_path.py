@@ -6,10 +6,13 @@ import textwrap
 
 import jax
 import numpy as np
+import pytest
 
 from conftest import run_on_devices, tiny_config
 from rwl_jax import parallel, train
 from rwl_jax.checkpoint import Checkpointer
+
+pytestmark = pytest.mark.slow  # compiles full train steps; `-m 'not slow'` skips it
 
 
 def final_state(config, workdir):
@@ -44,7 +47,7 @@ def test_device_augmentation_trains_and_resumes_bit_exactly(cifar_dir, tmp_path)
 
 _SCRIPT = textwrap.dedent("""
     import json, jax, numpy as np
-    from configs import common
+    from rwl_jax.configs import common
     from rwl_jax import methods, parallel, train
     from rwl_jax.data import device_pipeline
     from rwl_jax.data.recipe import AugmentRecipe

@@ -12,6 +12,8 @@ import pytest
 
 from conftest import REPO
 
+pytestmark = pytest.mark.slow  # compiles full train steps; `-m 'not slow'` skips it
+
 
 @pytest.mark.parametrize("stop, said", [(signal.SIGINT, "interrupted"),
                                         (signal.SIGTERM, "stopped by SIGTERM")])

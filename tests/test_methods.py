@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from configs import common
+from rwl_jax.configs import common
 from rwl_jax import losses, methods, parallel, train
 from rwl_jax.errors import ConfigError
 
@@ -191,6 +191,7 @@ def test_unknown_method_lists_all_methods():
     assert repr(name) in str(error.value)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", NEW_METHODS)
 def test_trains_end_to_end(method, cifar_dir, tmp_path):
   config = tiny_config(cifar_dir, tmp_path / "cache", method=method)

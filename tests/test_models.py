@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import common
+from rwl_jax.configs import common
 from rwl_jax import models
 from rwl_jax.errors import ConfigError
 from rwl_jax.models import MLP, build_resnet

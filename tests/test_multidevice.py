@@ -4,14 +4,18 @@ included)."""
 
 import textwrap
 
+import pytest
+
 from conftest import run_on_devices
 from rwl_jax import methods
+
+pytestmark = pytest.mark.slow  # compiles full train steps; `-m 'not slow'` skips it
 
 # Runs in a fresh process: the device count is fixed when JAX starts.
 _SCRIPT = textwrap.dedent("""
     import json
     import jax, numpy as np
-    from configs import common
+    from rwl_jax.configs import common
     from rwl_jax import methods, parallel, train
 
     assert jax.device_count() == 8, jax.devices()

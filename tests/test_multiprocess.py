@@ -13,6 +13,8 @@ import pytest
 
 from conftest import REPO
 
+pytestmark = pytest.mark.slow  # compiles full train steps; `-m 'not slow'` skips it
+
 
 def free_port() -> int:
   with socket.socket() as s:

@@ -1,11 +1,14 @@
 """The jitted steps compile once: later steps (new batches, new state) reuse the executable."""
 
 import numpy as np
+import pytest
 
-from configs import common
+from rwl_jax.configs import common
 from rwl_jax import methods, parallel, train
 from rwl_jax.data import device_pipeline
 from rwl_jax.data.recipe import AugmentRecipe
+
+pytestmark = pytest.mark.slow  # compiles full train steps; `-m 'not slow'` skips it
 
 
 def test_host_and_device_steps_compile_once():

@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from configs import common
+from rwl_jax.configs import common
 from rwl_jax import train
 
 

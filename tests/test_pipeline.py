@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from configs import common
+from rwl_jax.configs import common
 from rwl_jax.data import pipeline, sources
 from rwl_jax.data.order import DataShards
 from rwl_jax.data.recipe import AugmentRecipe, CIFAR10_MEAN, CIFAR10_STD

@@ -11,8 +11,11 @@ import time
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 
 from conftest import REPO
+
+pytestmark = pytest.mark.slow  # compiles full train steps; `-m 'not slow'` skips it
 
 STEPS_PER_EPOCH = 640 // 64
 EPOCHS = 4

@@ -4,13 +4,17 @@ images between devices."""
 
 import textwrap
 
+import pytest
+
 from conftest import run_on_devices
+
+pytestmark = pytest.mark.slow  # compiles full train steps; `-m 'not slow'` skips it
 
 # Runs in a fresh process: the device count is fixed when JAX starts.
 _SCRIPT = textwrap.dedent("""
     import json, re
     import jax, jax.numpy as jnp, numpy as np
-    from configs import common
+    from rwl_jax.configs import common
     from rwl_jax import losses, memory, methods, parallel, train
 
     assert jax.device_count() == 8

@@ -9,6 +9,8 @@ from conftest import tiny_config
 from rwl_jax import train
 from rwl_jax.evaluate.__main__ import evaluate_checkpoint
 
+pytestmark = pytest.mark.slow  # compiles full train steps; `-m 'not slow'` skips it
+
 
 def read_losses(workdir):
   lines = (workdir / "metrics.jsonl").read_text().splitlines()

@@ -12,12 +12,15 @@ import concurrent.futures
 import dataclasses
 import hashlib
 import os
-import pathlib
+import threading
+import urllib.parse
 from typing import Iterator
 
 import numpy as np
+from etils import epath
 from PIL import Image
 
+from rwl_jax import paths
 from rwl_jax.errors import ConfigError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -45,52 +48,60 @@ class ImageFolderSource:
 
   def __init__(self, image_dir: str, split: str, *, image_size: int, cache_dir: str = "",
                max_examples: int = 0, num_threads: int = 8):
-    self.root = pathlib.Path(image_dir).expanduser()
+    self.root = paths.as_path(image_dir, "data.image_dir")  # local or a URL (gs://...)
     self.split, self.image_size, self.cache_dir = split, image_size, cache_dir
-    self.class_names, paths, labels = _list_image_folder(self.root, split)
+    self.class_names, files, labels = _list_image_folder(self.root, split)
     # A fixed shuffle (not the training seed): every prefix and every shard mixes all classes,
     # as TFDS's shuffled record order does.
-    source_order = np.random.default_rng(0).permutation(len(paths))
-    self.paths = [paths[i] for i in source_order]
+    source_order = np.random.default_rng(0).permutation(len(files))
+    self.files = [files[i] for i in source_order]
     self.labels = labels[source_order]
-    self.num_examples = _prefix(len(paths), max_examples)
+    self.num_examples = _prefix(len(files), max_examples)
     self.num_threads = num_threads
 
   def read(self, start: int = 0, end: int | None = None) -> ArraySplit:
     start, end = _check_range(start, end, self.num_examples)
-    paths, labels = self.paths[start:end], self.labels[start:end]
-    cache = _cache_path(self.cache_dir, self.root, self.split, paths, self.image_size)
+    files, labels = self.files[start:end], self.labels[start:end]
+    cache = _cache_path(self.cache_dir, self.root, self.split, files, self.image_size)
     if cache.exists():
-      with np.load(cache) as cached:
+      with cache.open("rb") as f, np.load(f) as cached:
         return ArraySplit(cached["images"], cached["labels"], self.class_names)
     with concurrent.futures.ThreadPoolExecutor(self.num_threads) as pool:
-      images = np.stack(list(pool.map(lambda p: _decode(p, self.image_size), paths)))
+      images = np.stack(list(pool.map(lambda p: _decode(p, self.image_size), files)))
     try:
       cache.parent.mkdir(parents=True, exist_ok=True)
-      partial = cache.with_name(cache.name + f".{os.getpid()}.tmp.npz")
-      np.savez(partial, images=images, labels=labels)
-      os.replace(partial, cache)  # Atomic: a concurrent or killed writer never leaves half a cache.
+      partial = cache.parent / f"{cache.name}.{os.getpid()}.tmp.npz"
+      with partial.open("wb") as f:
+        np.savez(f, images=images, labels=labels)
+      partial.rename(cache)  # Atomic locally: a concurrent or killed writer never leaves half a cache.
     except OSError:
       pass  # A read-only cache location only costs the next run a re-decode.
     return ArraySplit(images, labels, self.class_names)
 
 
 class TfdsSource:
-  """A TFDS split in record order; `read(start, end)` reads only that slice (split[start:end])."""
+  """A TFDS split in record order; `read(start, end)` reads only that slice (split[start:end]).
+
+  An unprepared dataset is downloaded once, but only after one quick look at its download hosts:
+  TFDS retries a refused connection for minutes, so without internet this fails in seconds.
+  """
 
   def __init__(self, name: str, split: str, *, data_dir: str = "", image_size: int,
                max_examples: int = 0):
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-
     self.name, self.split, self.image_size = name, split, image_size
+    where = f"could not load TFDS dataset {name!r} split {split!r}"
     try:
+      import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
       self.builder = tfds.builder(name, data_dir=data_dir or None)
-      self.builder.download_and_prepare()
+      if not self.builder.is_prepared():
+        _check_download_hosts(self.builder, where)
+        self.builder.download_and_prepare()
       total = self.builder.info.splits[split].num_examples
+    except ConfigError:
+      raise
     except Exception as error:  # TFDS raises many types; the user needs one actionable line.
-      raise ConfigError(f"could not load TFDS dataset {name!r} split {split!r} "
-                        f"({_first_line(error)}); without internet pass "
-                        "--config.data.image_dir=PATH to an image folder") from error
+      raise ConfigError(f"{where}: {_tfds_problem(error, name)}") from error
     self.class_names = tuple(self.builder.info.features["label"].names)
     self.num_examples = _prefix(total, max_examples)
 
@@ -137,6 +148,67 @@ def _check_range(start: int, end: int | None, num_examples: int) -> tuple[int, i
   return start, end
 
 
+# Modules TFDS imports whose pip package has another name (else the module name is the package).
+_PIP_PACKAGES = {"importlib_resources": "importlib-resources", "tree": "dm-tree", "PIL": "pillow",
+                 "cv2": "opencv-python", "skimage": "scikit-image", "apache_beam": "apache-beam"}
+_PROBE_TIMEOUT_S = 4.0
+
+
+def _tfds_problem(error: Exception, name: str) -> str:
+  """What went wrong, in words: a missing module names its pip package; no traceback."""
+  cause = error
+  while cause is not None and not isinstance(cause, ModuleNotFoundError):
+    cause = cause.__cause__ or cause.__context__
+  if cause is not None and cause.name:
+    module = cause.name.split(".")[0]
+    return (f"Python module {module!r} is missing (pip install {_PIP_PACKAGES.get(module, module)}"
+            "); tensorflow-datasets needs it to prepare datasets")
+  if type(error).__name__ == "DatasetNotFoundError":
+    return f"{name!r} is not a TFDS dataset (tfds.list_builders() lists them); check data.tfds_name"
+  return _first_line(error)
+
+
+def _check_download_hosts(builder, where: str) -> None:
+  """Raises ConfigError naming both remedies unless every download host of `builder` answers.
+
+  Why not let TFDS try: its downloader retries a failed connection 10 times with exponential
+  backoff (about 3.5 minutes) and sets no timeout, and its retry count is not configurable. One
+  HEAD per host through `requests` sees the same proxies and certificates that TFDS's download
+  would. Builders that list no http(s) URLs (manual or custom downloads) are left to TFDS.
+  The remedy is not `tfds build`: in tensorflow-datasets 4.9.10 that needs apache-beam, whose
+  pinned versions need an older protobuf than TensorFlow 2.21 does.
+  """
+  urls = [urllib.parse.urlsplit(url) for url in builder.url_infos or {}]
+  hosts = {url.netloc: url.geturl() for url in urls if url.scheme in ("http", "https")}
+  for host, url in hosts.items():
+    problem = _unreachable(url)
+    if problem:
+      raise ConfigError(
+          f"{where}: it is not prepared in {builder.data_dir} and its download host {host} "
+          f"cannot be reached ({problem}); pass --config.data.image_dir=PATH (an image folder "
+          "PATH/train/CLASS/*.png), or download it once on a machine with internet (this command "
+          "with --config.data.tfds_data_dir=DIR does) and pass --config.data.tfds_data_dir=DIR")
+
+
+def _unreachable(url: str) -> str:
+  """'' if url's server answers at all (any HTTP status), else why not, within a few seconds."""
+  import requests  # pylint: disable=g-import-not-at-top  # TFDS's own HTTP client.
+
+  outcome = [f"no answer in {_PROBE_TIMEOUT_S:g} s"]
+
+  def probe():
+    try:
+      requests.head(url, timeout=_PROBE_TIMEOUT_S, allow_redirects=False)
+      outcome[0] = ""
+    except Exception as error:  # pylint: disable=broad-except  # Any failure here fails TFDS too.
+      outcome[0] = type(error).__name__
+  # A daemon thread bounds the DNS lookup too, which `timeout` does not cover.
+  thread = threading.Thread(target=probe, daemon=True)
+  thread.start()
+  thread.join(_PROBE_TIMEOUT_S + 1)
+  return outcome[0]
+
+
 def _first_line(error: Exception) -> str:
   text = str(error).strip()
   return text.splitlines()[0] if text else type(error).__name__
@@ -148,29 +220,30 @@ def _check_image_shape(shape: tuple[int, ...], image_size: int, where: str) -> N
                       f"({image_size}, {image_size}, 3) (data.image_size={image_size})")
 
 
-def _list_image_folder(root: pathlib.Path, split: str) -> tuple[tuple[str, ...], list[pathlib.Path], np.ndarray]:
+def _list_image_folder(root: epath.Path, split: str) -> tuple[tuple[str, ...], list[epath.Path], np.ndarray]:
   if not root.is_dir():
-    raise ConfigError(f"data.image_dir {str(root)!r} does not exist or is not a directory")
+    raise ConfigError(f"data.image_dir {os.fspath(root)!r} does not exist or is not a directory")
   split_dir = root / split
   if not split_dir.is_dir():
-    raise ConfigError(f"data.image_dir {str(root)!r} has no {split!r} folder "
+    raise ConfigError(f"data.image_dir {os.fspath(root)!r} has no {split!r} folder "
                       f"(expected {root}/{split}/CLASS/*.png)")
   class_names = tuple(sorted(entry.name for entry in split_dir.iterdir() if entry.is_dir()))
-  paths, labels = [], []
+  files, labels = [], []
   for label, class_name in enumerate(class_names):
-    files = sorted(p for p in (split_dir / class_name).iterdir()
-                   if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    paths.extend(files)
-    labels.extend([label] * len(files))
-  if not paths:
+    # By name alone: asking each of 50,000 objects whether it is a file costs a request on a bucket.
+    found = sorted(p for p in (split_dir / class_name).iterdir()
+                   if p.suffix.lower() in IMAGE_SUFFIXES)
+    files.extend(found)
+    labels.extend([label] * len(found))
+  if not files:
     raise ConfigError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {split_dir}/CLASS/ "
                       "(data.image_dir must be laid out PATH/SPLIT/CLASS/IMAGE)")
-  return class_names, paths, np.asarray(labels, np.int32)
+  return class_names, files, np.asarray(labels, np.int32)
 
 
-def _decode(path: pathlib.Path, image_size: int) -> np.ndarray:
+def _decode(path: epath.Path, image_size: int) -> np.ndarray:
   try:
-    with Image.open(path) as image:
+    with path.open("rb") as f, Image.open(f) as image:
       array = np.asarray(image.convert("RGB"), dtype=np.uint8)
   except (OSError, ValueError) as error:
     raise ConfigError(f"cannot decode image {path}: {error}") from error
@@ -180,14 +253,23 @@ def _decode(path: pathlib.Path, image_size: int) -> np.ndarray:
   return array
 
 
-def _cache_path(cache_dir: str, root: pathlib.Path, split: str, paths: list[pathlib.Path],
-                image_size: int) -> pathlib.Path:
-  # The key covers every file's name, size and mtime: any change to the folder re-decodes.
-  digest = hashlib.sha256(f"{root.resolve()}|{split}|{image_size}".encode())
-  for path in paths:
-    stat = path.stat()
-    digest.update(f"{path.relative_to(root)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-  base = pathlib.Path(cache_dir or os.environ.get("RWL_JAX_CACHE", "~/.cache/rwl_jax")).expanduser()
+def _cache_path(cache_dir: str, root: epath.Path, split: str, files: list[epath.Path],
+                image_size: int) -> epath.Path:
+  """Where the decoded range is cached; the key changes whenever the files do.
+
+  Locally the key covers every file's name, size and modification time. For a URL image_dir it
+  covers the names only: a size and time per object would cost a request each.
+  """
+  local = paths.url_scheme(root) is None
+  digest = hashlib.sha256(f"{root.resolve() if local else root}|{split}|{image_size}".encode())
+  for path in files:
+    key = os.fspath(path.relative_to(root))
+    if local:
+      stat = os.stat(path)
+      key += f"|{stat.st_size}|{stat.st_mtime_ns}"
+    digest.update(f"{key}\n".encode())
+  base = paths.as_path(cache_dir or os.environ.get("RWL_JAX_CACHE", "~/.cache/rwl_jax"),
+                       "data.cache_dir")
   return base / f"image_folder_{split}_{digest.hexdigest()[:20]}.npz"
 
 

@@ -7,8 +7,9 @@ top-1 on the test split, prints them and writes DIR/eval_step_N.json.
 import json
 import sys
 
-from absl import app, flags
+from absl import flags
 
+from rwl_jax import cli
 from rwl_jax.errors import ConfigError
 from rwl_jax.evaluate.run import load_run
 from rwl_jax.metrics import configure_logging
@@ -37,4 +38,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import pathlib
 
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 
-from rwl_jax import parallel, train
+from rwl_jax import parallel, paths, train
 from rwl_jax.checkpoint import Checkpointer
 from rwl_jax.errors import ConfigError
 
@@ -25,7 +25,7 @@ from rwl_jax.errors import ConfigError
 class Run:
   """What a workdir holds, restored at one checkpoint step."""
 
-  workdir: pathlib.Path
+  workdir: epath.Path
   step: int
   config: ml_collections.ConfigDict
   data: train.ProcessData
@@ -42,9 +42,9 @@ class Run:
                                   (split,))[split]
 
 
-def load_run(workdir: str | pathlib.Path, step: int | None = None) -> Run:
+def load_run(workdir: epath.PathLike, step: int | None = None) -> Run:
   """Reads workdir/config.json and restores checkpoint `step` (default: the newest)."""
-  workdir = pathlib.Path(workdir).expanduser()
+  workdir = paths.workdir(workdir)
   config_path = workdir / "config.json"
   if not config_path.is_file():
     raise ConfigError(f"{config_path} not found: --workdir must be a directory a training run wrote")

@@ -5,10 +5,10 @@ Same encoder, head, views, optimiser, temperature 0.4 and epochs as configs/cifa
   python -m rwl_jax.main --config=configs/cifar10_simclr.py --workdir=runs/simclr
 """
 
-from configs import common
+from rwl_jax.configs import common
 
 
-def get_config():
+def get_config(arg: str | None = None):
   config = common.get_config()
   config.method = "simclr"
-  return config
+  return common.variant(config, arg)

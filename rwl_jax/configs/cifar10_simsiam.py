@@ -9,10 +9,10 @@ layer, per-view BatchNorm (one pass over both views).
   python -m rwl_jax.main --config=configs/cifar10_simsiam.py --workdir=runs/simsiam
 """
 
-from configs import common
+from rwl_jax.configs import common
 
 
-def get_config():
+def get_config(arg: str | None = None):
   config = common.get_config()
   config.method = "simsiam"
   config.num_epochs = 800
@@ -22,4 +22,4 @@ def get_config():
   config.model.predictor_dims = (512, 2048)
   config.optimizer.learning_rate = 0.06
   config.optimizer.weight_decay = 5e-4
-  return config
+  return common.variant(config, arg)

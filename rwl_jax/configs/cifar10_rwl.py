@@ -7,10 +7,10 @@ Moummad, Pasdeloup, Farrugia, GSP Workshop 2023; recipe in configs/common.py.
       --config.data.image_dir=/path/to/cifar10 --config.num_epochs=20
 """
 
-from configs import common
+from rwl_jax.configs import common
 
 
-def get_config():
+def get_config(arg: str | None = None):
   config = common.get_config()
   config.method = "rwl"
-  return config
+  return common.variant(config, arg)

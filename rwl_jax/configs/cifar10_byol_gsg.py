@@ -9,10 +9,10 @@ loss is GSG's negative cosine, as in the official code for both BYOL-GSG and Sim
   python -m rwl_jax.main --config=configs/cifar10_byol_gsg.py --workdir=runs/byol_gsg
 """
 
-from configs import cifar10_byol
+from rwl_jax.configs import cifar10_byol
 
 
-def get_config():
-  config = cifar10_byol.get_config()
+def get_config(arg: str | None = None):
+  config = cifar10_byol.get_config(arg)
   config.method = "byol_gsg"
   return config

@@ -8,10 +8,10 @@ rwl_jax/losses/gsg.py), so every other setting is SimSiam's CIFAR-10 recipe (see
   python -m rwl_jax.main --config=configs/cifar10_simsiam_gsg.py --workdir=runs/simsiam_gsg
 """
 
-from configs import cifar10_simsiam
+from rwl_jax.configs import cifar10_simsiam
 
 
-def get_config():
-  config = cifar10_simsiam.get_config()
+def get_config(arg: str | None = None):
+  config = cifar10_simsiam.get_config(arg)
   config.method = "simsiam_gsg"
   return config

@@ -10,10 +10,10 @@ used), LARS lr clipping, per-view BatchNorm (one pass over both views), mixed pr
   python -m rwl_jax.main --config=configs/cifar10_byol.py --workdir=runs/byol
 """
 
-from configs import common
+from rwl_jax.configs import common
 
 
-def get_config():
+def get_config(arg: str | None = None):
   config = common.get_config()
   config.method = "byol"
   config.num_epochs = 1000
@@ -26,4 +26,4 @@ def get_config():
   config.optimizer.weight_decay = 1e-5
   config.optimizer.trust_coefficient = 0.02
   config.optimizer.warmup_epochs = 10
-  return config
+  return common.variant(config, arg)

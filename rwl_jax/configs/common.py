@@ -8,6 +8,18 @@ colour jitter (0.4, 0.4, 0.4, 0.1) p=0.8, grayscale p=0.2, CIFAR mean/std. Evalu
 
 Method configs (cifar10_<method>.py) change only what differs from this. The fields of the other
 methods (model.predictor_dims, ema, vicreg, barlow) are read only by those methods.
+
+The configs ship inside the package, so they work from any directory after `pip install`: name one
+by its file (`--config=configs/cifar10_rwl.py`, found in the package when no such file is here) or
+by its name (`--config=cifar10_rwl`); `:smoke` after either gives the minutes-on-a-CPU variant
+(`--config=cifar10_rwl:smoke`). A config of your own starts from this recipe:
+
+  from rwl_jax.configs import common
+
+  def get_config(arg=None):
+    config = common.get_config()
+    config.method, config.temperature = "rwl", 0.2
+    return common.variant(config, arg)
 """
 
 import ml_collections
@@ -15,7 +27,7 @@ import ml_collections
 from rwl_jax.data.recipe import CIFAR10_MEAN, CIFAR10_STD
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.method = "rwl"  # rwl, simclr, byol, byol_gsg, simsiam, simsiam_gsg, vicreg, barlow
   config.temperature = 0.4  # rwl and simclr only
@@ -109,4 +121,31 @@ def get_config() -> ml_collections.ConfigDict:
   config.log_every_steps = 50
   config.checkpoint_every_epochs = 5
   config.keep_checkpoints = 3
+  return variant(config, arg)
+
+
+VARIANTS = ("smoke",)
+
+
+def variant(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
+  """Applies the variant named by get_config's `arg` (the text after ':' in --config=FILE:ARG).
+
+  "smoke": the same method and recipe shrunk to minutes on a CPU (ResNet-18 at width 8, the first
+  640 training and 1,000 test images, 2 epochs of batch 64, a 5-epoch linear probe), to check an
+  install or a config end to end before a real run. Applied last, so it overrides the method's
+  epochs and batch size.
+  """
+  if not arg:
+    return config
+  if arg != "smoke":
+    raise ValueError(f"unknown config variant {arg!r}; known variants: {', '.join(VARIANTS)}")
+  config.model.width = 8
+  config.num_epochs = 2
+  config.global_batch_size = 64
+  config.optimizer.warmup_epochs = 0
+  config.data.max_train_examples = 640
+  config.data.max_eval_examples = 1000
+  config.eval.linear_epochs = 5
+  config.log_every_steps = 5
+  config.checkpoint_every_epochs = 1
   return config

@@ -10,10 +10,10 @@ precision.
   python -m rwl_jax.main --config=configs/cifar10_vicreg.py --workdir=runs/vicreg
 """
 
-from configs import common
+from rwl_jax.configs import common
 
 
-def get_config():
+def get_config(arg: str | None = None):
   config = common.get_config()
   config.method = "vicreg"
   config.num_epochs = 1000
@@ -28,4 +28,4 @@ def get_config():
   config.optimizer.trust_coefficient = 0.02
   config.optimizer.warmup_epochs = 10
   config.augment.saturation = 0.2
-  return config
+  return common.variant(config, arg)

@@ -1,0 +1,91 @@
+"""The `rwl-jax` command and what every command-line module shares: packaged configs by name.
+
+  rwl-jax train --config=cifar10_rwl --workdir=runs/rwl          # = python -m rwl_jax.main ...
+  rwl-jax evaluate --workdir=runs/rwl                            # = python -m rwl_jax.evaluate ...
+  rwl-jax benchmark|memory|report ...
+
+`--config` takes a config file (FILE.py, optionally FILE.py:ARG for get_config(ARG)) or the name
+of a config shipped in rwl_jax/configs (`cifar10_rwl`, `cifar10_rwl.py`, or the repository path
+`configs/cifar10_rwl.py` when no such file exists where the command runs), so an installed package
+trains from any directory.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pathlib
+import sys
+from typing import Callable, Sequence
+
+COMMANDS = {
+    "train": "rwl_jax.main",
+    "evaluate": "rwl_jax.evaluate.__main__",
+    "benchmark": "rwl_jax.benchmark",
+    "memory": "rwl_jax.memory",
+    "report": "rwl_jax.report",
+}
+CONFIG_DIR = pathlib.Path(__file__).resolve().parent / "configs"
+
+
+def packaged_configs() -> list[str]:
+  return sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem not in ("__init__", "common"))
+
+
+def resolve_config(value: str) -> str:
+  """FILE[:ARG] as given when FILE exists, else the packaged config of that name (same ARG).
+
+  Only a bare name, NAME.py or configs/NAME.py falls back to the package: a path to anything else
+  that does not exist is left for the config loader to report.
+  """
+  path, colon, arg = value.partition(":")
+  if os.path.exists(path):
+    return value
+  candidate = pathlib.PurePath(path)
+  in_configs_dir = len(candidate.parts) == 1 or (
+      len(candidate.parts) == 2 and candidate.parts[0] == "configs")
+  name = candidate.stem if candidate.suffix in ("", ".py") else ""
+  if in_configs_dir and name in packaged_configs():
+    return f"{CONFIG_DIR / name}.py{colon}{arg}"
+  return value
+
+
+def resolve_config_argv(argv: Sequence[str]) -> list[str]:
+  """argv with every --config=VALUE / --config VALUE resolved by resolve_config."""
+  resolved, argv = [], list(argv)
+  index = 0
+  while index < len(argv):
+    arg = argv[index]
+    if arg.startswith("--config="):
+      arg = "--config=" + resolve_config(arg[len("--config="):])
+    elif arg == "--config" and index + 1 < len(argv):
+      resolved.append(arg)
+      index += 1
+      arg = resolve_config(argv[index])
+    resolved.append(arg)
+    index += 1
+  return resolved
+
+
+def run(main: Callable[[list[str]], None], argv: Sequence[str] | None = None) -> None:
+  """absl's app.run with packaged configs resolved: every module's `__main__` entry."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+
+  app.run(main, argv=resolve_config_argv(sys.argv if argv is None else argv))
+
+
+def main() -> None:
+  """`rwl-jax COMMAND [FLAGS]`: runs that command's module, as `python -m MODULE [FLAGS]` would."""
+  usage = (f"usage: rwl-jax {{{'|'.join(COMMANDS)}}} [--flags]; `rwl-jax COMMAND --help` lists "
+           f"a command's flags; packaged configs: {', '.join(packaged_configs())}")
+  if len(sys.argv) > 1 and sys.argv[1] in ("-h", "--help", "help"):
+    print(usage)
+    return
+  if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+    given = f"unknown command {sys.argv[1]!r}; " if len(sys.argv) > 1 else "no command; "
+    print(f"error: {given}{usage}", file=sys.stderr)
+    sys.exit(2)
+  command = sys.argv[1]
+  # Importing only the chosen module keeps each command's flags to itself.
+  module = importlib.import_module(COMMANDS[command])
+  run(module.main, [f"rwl-jax {command}", *sys.argv[2:]])

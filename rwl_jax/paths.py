@@ -1,0 +1,52 @@
+"""Every path a user passes, as one type: etils.epath.Path, a local path or a URL (gs://, s3://...).
+
+pathlib would turn `gs://bucket/run` into the local folder `gs:/bucket/run`, so a pod's
+checkpoints would land on a VM's disk and vanish with it. epath (which Orbax uses too) keeps the
+URL and reads and writes through the right filesystem (TensorFlow's gfile or fsspec's gcsfs/s3fs).
+"""
+
+from __future__ import annotations
+
+import os
+
+from etils import epath
+
+from rwl_jax.errors import ConfigError
+
+URL_SCHEMES = ("gs", "s3", "az", "hf")  # what epath reads and writes
+CHECKPOINT_SCHEMES = ("gs",)  # what Orbax's TensorStore writes besides local files
+
+
+def url_scheme(path: epath.PathLike) -> str | None:
+  """'gs' for gs://bucket/x, None for a local path."""
+  text = os.fspath(path)
+  return text.split("://", 1)[0] if "://" in text else None
+
+
+def as_path(value: epath.PathLike, what: str) -> epath.Path:
+  """`value` as an epath.Path (~ expanded); ConfigError naming `what` for an unknown URL scheme."""
+  scheme = url_scheme(value)
+  if scheme is not None and scheme not in URL_SCHEMES:
+    raise ConfigError(f"{what} {os.fspath(value)!r}: unsupported URL scheme '{scheme}://'; use a "
+                      f"local path or {', '.join(s + '://' for s in URL_SCHEMES)}")
+  path = epath.Path(value)
+  return path if scheme else path.expanduser()
+
+
+def workdir(value: epath.PathLike) -> epath.Path:
+  """A run directory: local (made absolute, as Orbax needs) or a URL Orbax can checkpoint to."""
+  path = as_path(value, "--workdir")
+  scheme = url_scheme(path)
+  if scheme is None:
+    return path.resolve()
+  if scheme not in CHECKPOINT_SCHEMES:
+    raise ConfigError(f"--workdir {os.fspath(value)!r}: checkpoints can be written to a local path "
+                      f"or {', '.join(s + '://' for s in CHECKPOINT_SCHEMES)} (Orbax's "
+                      f"TensorStore), not {scheme}://")
+  try:
+    import google.cloud.storage  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    # Orbax asks the bucket about its namespace through it before listing checkpoints.
+    raise ConfigError(f"--workdir {os.fspath(value)!r} needs google-cloud-storage: pip install "
+                      "'rwl_jax[gcs]'") from None
+  return path

@@ -1,0 +1,64 @@
+"""The `rwl-jax` command and packaged configs: found by name from any directory, one error line."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+from rwl_jax import cli
+from rwl_jax.configs import cifar10_rwl, cifar10_simsiam, common
+
+
+def test_packaged_configs_resolve_by_name_from_any_directory(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  packaged = str(cli.CONFIG_DIR / "cifar10_rwl.py")
+  assert cli.resolve_config("cifar10_rwl") == packaged
+  assert cli.resolve_config("cifar10_rwl.py:smoke") == packaged + ":smoke"
+  assert cli.resolve_config("configs/cifar10_rwl.py") == packaged  # README's command, elsewhere
+  # A file that exists is used as given; anything else is left for the loader to report.
+  (tmp_path / "cifar10_rwl.py").write_text("")
+  assert cli.resolve_config("cifar10_rwl.py") == "cifar10_rwl.py"
+  assert cli.resolve_config("elsewhere/cifar10_rwl.py") == "elsewhere/cifar10_rwl.py"
+  assert cli.resolve_config("cifar10_nope") == "cifar10_nope"
+  assert cli.resolve_config_argv(["x", "--config", "cifar10_simclr", "--config.seed=1"]) == [
+      "x", "--config", str(cli.CONFIG_DIR / "cifar10_simclr.py"), "--config.seed=1"]
+  assert set(cli.packaged_configs()) >= {"cifar10_rwl", "cifar10_simclr", "cifar10_byol_gsg"}
+
+
+def test_repository_configs_are_the_packaged_ones():
+  assert (REPO / "configs" / "cifar10_rwl.py").resolve() == cli.CONFIG_DIR / "cifar10_rwl.py"
+
+
+def test_smoke_variant_overrides_the_method_and_unknown_variants_fail():
+  smoke = cifar10_simsiam.get_config("smoke")
+  assert smoke.method == "simsiam" and smoke.global_batch_size == 64 and smoke.num_epochs == 2
+  assert smoke.model.projector_dims == (2048, 2048)  # the method's own settings stay
+  assert cifar10_rwl.get_config() == common.get_config()
+  with pytest.raises(ValueError, match="unknown config variant 'tiny'; known variants: smoke"):
+    cifar10_rwl.get_config("tiny")
+
+
+@pytest.mark.parametrize("argv, status, said", [
+    (["fit"], 2, "error: unknown command 'fit'; usage: rwl-jax {train|evaluate|benchmark|memory|report}"),
+    ([], 2, "error: no command; usage: rwl-jax"),
+    (["--help"], 0, "usage: rwl-jax {train|evaluate|benchmark|memory|report}"),
+])
+def test_rwl_jax_command_line(argv, status, said, tmp_path):
+  done = subprocess.run([sys.executable, "-c", "from rwl_jax import cli; cli.main()", *argv],
+                        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert done.returncode == status
+  output = (done.stderr if status else done.stdout).strip()
+  assert output.startswith(said) and len(output.splitlines()) == 1 and "Traceback" not in done.stderr
+
+
+def test_unsupported_workdir_is_one_error_line(tmp_path):
+  done = subprocess.run([sys.executable, "-m", "rwl_jax.main", "--config=cifar10_rwl:smoke",
+                         "--workdir=ram://x/run"], cwd=tmp_path, capture_output=True, text=True,
+                        timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert done.returncode == 2 and "Traceback" not in done.stderr
+  assert done.stderr.strip().splitlines()[-1] == (
+      "error: --workdir 'ram://x/run': unsupported URL scheme 'ram://'; use a local path or "
+      "gs://, s3://, az://, hf://")
