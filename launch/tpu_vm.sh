@@ -23,7 +23,7 @@ cleanup() { [ "$KEEP" = 1 ] || gcloud compute tpus tpu-vm delete "$NAME" --zone=
 trap cleanup EXIT
 
 on_all() { gcloud compute tpus tpu-vm ssh "$NAME" --zone="$ZONE" --worker=all --command="$1"; }
-on_all "git clone -q $REPO_URL rwl_jax && cd rwl_jax && pip install -q -e . 'jax[tpu]'"
+on_all "git clone -q $REPO_URL rwl_jax && cd rwl_jax && pip install -q -e '.[gcs]' 'jax[tpu]'"
 on_all "cd rwl_jax && python3 -m rwl_jax.main --distributed --config=$CONFIG --workdir=$WORKDIR $*"
 mkdir -p "results/$NAME"
 gcloud storage cp "$WORKDIR/results.json" "$WORKDIR/config.json" "results/$NAME/" 2>/dev/null \

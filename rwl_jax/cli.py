@@ -7,7 +7,8 @@
 `--config` takes a config file (FILE.py, optionally FILE.py:ARG for get_config(ARG)) or the name
 of a config shipped in rwl_jax/configs (`cifar10_rwl`, `cifar10_rwl.py`, or the repository path
 `configs/cifar10_rwl.py` when no such file exists where the command runs), so an installed package
-trains from any directory.
+trains from any directory. A config file may also be a URL (gs://...): it is copied to a local
+temporary file first, since the config loader reads local files only.
 """
 
 from __future__ import annotations
@@ -16,7 +17,11 @@ import importlib
 import os
 import pathlib
 import sys
+import tempfile
 from typing import Callable, Sequence
+
+from rwl_jax import paths
+from rwl_jax.errors import ConfigError
 
 COMMANDS = {
     "train": "rwl_jax.main",
@@ -38,6 +43,15 @@ def resolve_config(value: str) -> str:
   Only a bare name, NAME.py or configs/NAME.py falls back to the package: a path to anything else
   that does not exist is left for the config loader to report.
   """
+  if paths.url_scheme(value):
+    path, colon, arg = value.partition("://")[2].partition(":")
+    remote = paths.as_path(value[:len(value) - len(colon + arg)], "--config")
+    local = pathlib.Path(tempfile.mkdtemp(prefix="rwl_jax_config_")) / remote.name
+    try:
+      local.write_bytes(remote.read_bytes())
+    except OSError as error:
+      raise ConfigError(f"--config {os.fspath(remote)!r} cannot be read: {error}") from error
+    return f"{local}{colon}{arg}"
   path, colon, arg = value.partition(":")
   if os.path.exists(path):
     return value
@@ -71,7 +85,12 @@ def run(main: Callable[[list[str]], None], argv: Sequence[str] | None = None) ->
   """absl's app.run with packaged configs resolved: every module's `__main__` entry."""
   from absl import app  # pylint: disable=g-import-not-at-top
 
-  app.run(main, argv=resolve_config_argv(sys.argv if argv is None else argv))
+  try:
+    argv = resolve_config_argv(sys.argv if argv is None else argv)
+  except ConfigError as error:
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
+  app.run(main, argv=argv)
 
 
 def main() -> None:

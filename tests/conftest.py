@@ -5,8 +5,10 @@ from __future__ import annotations
 import collections
 import os
 import pathlib
+import subprocess
 import sys
 import tarfile
+import time
 
 import pytest
 
@@ -91,7 +93,6 @@ def run_on_devices(script: str, devices: int = 8, timeout: int = 900):
   """Runs `script` in a fresh Python on `devices` simulated CPU devices (the count is fixed when
   JAX starts) and returns the JSON it printed on a line starting with 'RESULT '."""
   import json  # pylint: disable=g-import-not-at-top
-  import subprocess  # pylint: disable=g-import-not-at-top
 
   env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
              JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
@@ -100,3 +101,17 @@ def run_on_devices(script: str, devices: int = 8, timeout: int = 900):
   assert done.returncode == 0, done.stderr[-3000:]
   line = next(l for l in done.stdout.splitlines() if l.startswith("RESULT "))
   return json.loads(line[len("RESULT "):])
+
+
+def interrupt_after_logging(command, cwd, metrics: pathlib.Path, stop: int,
+                            start_timeout: float = 300) -> tuple[int, str]:
+  """Starts a training command, sends it `stop` once metrics.jsonl has two rows (some steps done,
+  before the first checkpoint); returns (exit status, stderr)."""
+  process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  deadline = time.time() + start_timeout
+  while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+    time.sleep(0.5)
+  process.send_signal(stop)
+  _, stderr = process.communicate(timeout=180)
+  return process.returncode, stderr

@@ -104,6 +104,7 @@ def test_unknown_tfds_dataset(config, tmp_path):
     run(config, tmp_path)
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_model(config, tmp_path):
   config.num_epochs = 1
   config.data.max_train_examples = 64
@@ -114,6 +115,7 @@ def test_checkpoint_of_another_model(config, tmp_path):
     run(config, tmp_path)
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     config, tmp_path, monkeypatch):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top

@@ -9,6 +9,7 @@ import pytest
 from conftest import REPO
 from rwl_jax import cli
 from rwl_jax.configs import cifar10_rwl, cifar10_simsiam, common
+from rwl_jax.errors import ConfigError
 
 
 def test_packaged_configs_resolve_by_name_from_any_directory(tmp_path, monkeypatch):
@@ -62,3 +63,17 @@ def test_unsupported_workdir_is_one_error_line(tmp_path):
   assert done.stderr.strip().splitlines()[-1] == (
       "error: --workdir 'ram://x/run': unsupported URL scheme 'ram://'; use a local path or "
       "gs://, s3://, az://, hf://")
+
+
+def test_config_file_from_a_bucket(tmp_path):
+  from local_bucket import local_bucket  # pylint: disable=g-import-not-at-top
+
+  (tmp_path / "lab").mkdir()
+  (tmp_path / "lab" / "mine.py").write_text("from rwl_jax.configs.cifar10_simclr import get_config\n")
+  with local_bucket(str(tmp_path)):
+    resolved = cli.resolve_config("gs://lab/mine.py:smoke")
+    with pytest.raises(ConfigError, match=r"--config 'gs://lab/absent.py' cannot be read"):
+      cli.resolve_config("gs://lab/absent.py")
+  local, arg = resolved.rsplit(":", 1)
+  assert arg == "smoke" and local.endswith("mine.py") and not local.startswith(str(tmp_path))
+  assert "cifar10_simclr" in open(local).read()

@@ -6,11 +6,10 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, interrupt_after_logging
 
 pytestmark = pytest.mark.slow  # compiles full train steps; `-m 'not slow'` skips it
 
@@ -25,15 +24,8 @@ def test_signal_saves_a_checkpoint_and_the_rerun_resumes(stop, said, cifar_dir, 
              "--config.global_batch_size=32", "--config.model.width=4",
              "--config.model.projector_dims=(16,8)", "--config.log_every_steps=2",
              "--config.checkpoint_every_epochs=100", "--config.eval.linear_epochs=1"]
-  process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
-  metrics = workdir / "metrics.jsonl"
-  deadline = time.time() + 240
-  while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
-    time.sleep(0.5)
-  process.send_signal(stop)
-  _, stderr = process.communicate(timeout=120)
-  assert process.returncode == 2, stderr[-2000:]
+  returncode, stderr = interrupt_after_logging(command, REPO, workdir / "metrics.jsonl", stop)
+  assert returncode == 2, stderr[-2000:]
   match = re.search(rf"error: {said} at step (\d+); checkpoint saved in (\S+), rerun", stderr)
   assert match, stderr[-2000:]
   step = int(match.group(1))

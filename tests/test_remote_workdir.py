@@ -13,12 +13,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, interrupt_after_logging
 from rwl_jax import paths
 from rwl_jax.errors import ConfigError
 
@@ -48,15 +47,8 @@ def test_gs_workdir_train_interrupt_resume_evaluate_report(cifar_dir, tmp_path):
                    f"--config.data.cache_dir={tmp_path / 'cache'}", "--config.num_epochs=50",
                    "--config.log_every_steps=2", "--config.checkpoint_every_epochs=100", *TINY)
 
-  process = subprocess.Popen(train, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
-  metrics = run_dir / "metrics.jsonl"
-  deadline = time.time() + 300
-  while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
-    time.sleep(0.5)
-  process.send_signal(signal.SIGINT)
-  _, stderr = process.communicate(timeout=180)
-  assert process.returncode == 2, stderr[-3000:]
+  returncode, stderr = interrupt_after_logging(train, cwd, run_dir / "metrics.jsonl", signal.SIGINT)
+  assert returncode == 2, stderr[-3000:]
   match = re.search(r"error: interrupted at step (\d+); checkpoint saved in (\S+), rerun", stderr)
   assert match, stderr[-3000:]
   step = int(match.group(1))

@@ -87,6 +87,7 @@ def test_range_reads_and_prefix(tfds_dir):
   assert limited.num_examples == 50 and len(limited.read()) == 50
 
 
+@pytest.mark.slow
 def test_training_from_tfds(tfds_dir, tmp_path):
   config = tiny_config("", tmp_path / "cache")
   config.data.tfds_name = "tiny_cifar"
