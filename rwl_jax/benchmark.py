@@ -70,7 +70,7 @@ def _jaxpr_flops(jaxpr) -> int:
       total += 2 * _shape_product(eqn.outvars[0].aval.shape) * _shape_product(
           lhs.shape[d] for d in contracting)
     multiplier = eqn.params.get("length", 1) if name == "scan" else 1
-    for sub in jax.core.subjaxprs(eqn) if hasattr(jax.core, "subjaxprs") else _subjaxprs(eqn):
+    for sub in _subjaxprs(eqn):
       total += multiplier * _jaxpr_flops(sub)
   return total
 

@@ -31,7 +31,11 @@ def local_bucket(root: str):
   """While active, gs://B/K means ROOT/B/K for epath, TensorStore (via Orbax) and Orbax."""
   from etils.epath import gpath  # pylint: disable=g-import-not-at-top
   from etils.epath import testing as epath_testing  # pylint: disable=g-import-not-at-top
-  from orbax.checkpoint._src.path import gcs_utils  # pylint: disable=g-import-not-at-top
+  from orbax.checkpoint._src.serialization import serialization, tensorstore_utils  # pylint: disable=g-import-not-at-top
+  try:  # orbax-checkpoint >= 0.11.20
+    from orbax.checkpoint._src.path import gcs_utils  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    gcs_utils = None
 
   def local(path):
     text = os.fspath(path)
@@ -57,10 +61,17 @@ def local_bucket(root: str):
     stack.enter_context(epath_testing.mock_epath(
         **{name: translated for name in single},
         **{name: translated_pair for name in ("rename", "replace", "copy")}))
-    stack.enter_context(mock.patch.object(gcs_utils, "get_kvstore_for_gcs", file_kvstore))
-    stack.enter_context(mock.patch.object(gcs_utils, "is_hierarchical_namespace_enabled",
-                                          lambda path: False))
-    stack.enter_context(mock.patch.object(gcs_utils, "rmtree", remove_tree))
+    # Where Orbax builds TensorStore's GCS kvstore spec, and asks google-cloud-storage, by version.
+    build_kvstore_tspec = tensorstore_utils.build_kvstore_tspec
+    for module, name, replacement in (
+        # Every Orbax version asks this for TensorStore's spec of a checkpoint directory.
+        (tensorstore_utils, "build_kvstore_tspec",
+         lambda directory, *a, **k: build_kvstore_tspec(local(directory), *a, **k)),
+        (serialization, "_get_kvstore_for_gcs", file_kvstore),  # orbax-checkpoint < 0.12
+        (gcs_utils, "is_hierarchical_namespace_enabled", lambda path: False),
+        (gcs_utils, "rmtree", remove_tree)):
+      if module is not None and hasattr(module, name):
+        stack.enter_context(mock.patch.object(module, name, replacement))
     # Orbax imports google.cloud.storage before asking a bucket anything; rwl_jax checks for it.
     added = [name for name in ("google", "google.cloud", "google.cloud.storage")
              if name not in sys.modules]

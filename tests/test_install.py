@@ -17,8 +17,9 @@ pytestmark = pytest.mark.slow
 
 def _declared_minimum(name):
   for line in (REPO / ".ci" / "minimum-versions.txt").read_text().splitlines():
-    if line.startswith(f"{name}=="):
-      return line.split("==")[1].strip()
+    requirement = line.split("#")[0].strip()
+    if requirement.startswith(f"{name}=="):
+      return requirement.split("==")[1]
   raise AssertionError(f"{name} is not in .ci/minimum-versions.txt")
 
 

@@ -1,0 +1,43 @@
+"""What the package declares: floors equal to the pins CI tests them at, and the files users look for."""
+
+import configparser
+import re
+
+from conftest import REPO
+
+
+def _floors_in_setup_cfg() -> dict[str, str]:
+  setup = configparser.ConfigParser()
+  setup.read(REPO / "setup.cfg")
+  floors = {}
+  for line in setup["options"]["install_requires"].splitlines():
+    match = re.match(r"^([A-Za-z0-9_.-]+)(\[[^\]]*\])?>=([^;,\s]+)", line.split("#")[0].strip())
+    if match:
+      floors[match.group(1).lower()] = match.group(3)
+  return floors
+
+
+def _pins() -> dict[str, str]:
+  pins = {}
+  for line in (REPO / ".ci" / "minimum-versions.txt").read_text().splitlines():
+    requirement = line.split("#")[0].strip()
+    if requirement:
+      name, version = requirement.split("==")
+      pins[name.lower()] = version
+  return pins
+
+
+def test_every_declared_floor_is_the_version_ci_tests():
+  floors, pins = _floors_in_setup_cfg(), _pins()
+  assert {"jax", "flax", "optax", "orbax-checkpoint", "tensorflow-datasets"} <= set(floors)
+  assert {name: floors[name] for name in floors} == {name: pins[name] for name in floors}, \
+      "raise a floor in setup.cfg and its pin in .ci/minimum-versions.txt together"
+
+
+def test_license_typing_marker_and_contributing_guide():
+  setup = configparser.ConfigParser()
+  setup.read(REPO / "setup.cfg")
+  assert setup["metadata"]["license"] == "Apache-2.0"
+  assert "Apache License" in (REPO / "LICENSE").read_text().splitlines()[1]
+  assert (REPO / "rwl_jax" / "py.typed").exists() and "py.typed" in setup["options.package_data"]["rwl_jax"]
+  assert 'pytest -q -m "not slow" tests' in (REPO / "CONTRIBUTING.md").read_text()
