@@ -85,12 +85,43 @@ def run(main: Callable[[list[str]], None], argv: Sequence[str] | None = None) ->
   """absl's app.run with packaged configs resolved: every module's `__main__` entry."""
   from absl import app  # pylint: disable=g-import-not-at-top
 
+  app.define_help_flags()  # --help/--helpfull exist before the flags are parsed below
   try:
     argv = resolve_config_argv(sys.argv if argv is None else argv)
+    arguments = _parse_flags(argv)
   except ConfigError as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(2)
-  app.run(main, argv=argv)
+  # Parsed already: a second parse would define ml_collections' --config.FIELD flags twice.
+  app.run(main, argv=argv, flags_parser=lambda _: arguments)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """Parses the flags (returning the other arguments) so that a mistake is one ConfigError line,
+  not absl's usage dump or a traceback from inside ml_collections, whose overrides raise
+  AttributeError and the like."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  try:
+    arguments = flags.FLAGS(argv)
+  except flags.Error as error:  # unknown flag, bad value, a required flag missing
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    # A config file that raised: the first line says where, the last one what.
+    said = lines[0] if len(lines) < 2 else f"{lines[0].rstrip(':')}: {lines[-1]}"
+    raise ConfigError(said) from None
+  except (AttributeError, KeyError, TypeError, ValueError) as error:
+    overrides = " ".join(arg for arg in argv if arg.startswith("--config."))
+    raise ConfigError(f"a --config override does not fit the config ({error}); given: "
+                      f"{overrides or '(none)'}; a field name or type is off") from None
+  try:
+    if "config" in flags.FLAGS and flags.FLAGS["config"].present:
+      flags.FLAGS["config"].value.keys()  # ml_collections defers a failed load to the first use
+  except Exception as error:  # pylint: disable=broad-except  # whatever the config file raised
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    raise ConfigError(f"--config={flags.FLAGS['config'].serialize().split('=', 1)[-1]} cannot be "
+                      f"loaded: {lines[-1] if lines else type(error).__name__}; packaged configs: "
+                      f"{', '.join(packaged_configs())}") from None
+  return arguments
 
 
 def main() -> None:

@@ -77,3 +77,31 @@ def test_config_file_from_a_bucket(tmp_path):
   local, arg = resolved.rsplit(":", 1)
   assert arg == "smoke" and local.endswith("mine.py") and not local.startswith(str(tmp_path))
   assert "cifar10_simclr" in open(local).read()
+
+
+@pytest.mark.parametrize("flags, said", [
+    (["--config.no_such_field=1"], "error: a --config override does not fit the config"),
+    (["--config.num_epochs=abc"], "error: flag --config.num_epochs=abc: invalid literal for int()"),
+    (["--bogus=1"], "error: Unknown command line flag 'bogus'"),
+])
+def test_command_line_mistakes_are_one_error_line(flags, said, tmp_path):
+  done = subprocess.run([sys.executable, "-m", "rwl_jax.main", "--config=cifar10_rwl",
+                         f"--workdir={tmp_path / 'run'}", *flags], cwd=tmp_path,
+                        capture_output=True, text=True, timeout=120,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+  assert done.returncode == 2 and "Traceback" not in done.stderr
+  assert len(lines) == 1 and lines[0].startswith(said), done.stderr[-2000:]
+  assert not (tmp_path / "run").exists()  # nothing started
+
+
+@pytest.mark.parametrize("config, said", [
+    ("nope.py", "error: --config=nope.py cannot be loaded: [Errno 2] No such file or directory"),
+    ("cifar10_rwl:tiny", "unknown config variant 'tiny'; known variants: smoke"),
+])
+def test_config_that_cannot_be_loaded_is_one_error_line(config, said, tmp_path):
+  done = subprocess.run([sys.executable, "-m", "rwl_jax.main", f"--config={config}",
+                         f"--workdir={tmp_path / 'run'}"], cwd=tmp_path, capture_output=True,
+                        text=True, timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert done.returncode == 2 and "Traceback" not in done.stderr
+  assert said in done.stderr.strip().splitlines()[-1]
