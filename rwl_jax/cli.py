@@ -1,4 +1,5 @@
-"""The `rwl-jax` command and what every command-line module shares: packaged configs by name.
+"""The `rwl-jax` command and what every command-line module shares: packaged configs by name, and
+flags parsed up front so that any mistake in them is one `error:` line (exit status 2).
 
   rwl-jax train --config=cifar10_rwl --workdir=runs/rwl          # = python -m rwl_jax.main ...
   rwl-jax evaluate --workdir=runs/rwl                            # = python -m rwl_jax.evaluate ...
@@ -44,8 +45,8 @@ def resolve_config(value: str) -> str:
   that does not exist is left for the config loader to report.
   """
   if paths.url_scheme(value):
-    path, colon, arg = value.partition("://")[2].partition(":")
-    remote = paths.as_path(value[:len(value) - len(colon + arg)], "--config")
+    location, colon, arg = value.rpartition(":") if value.count(":") > 1 else (value, "", "")
+    remote = paths.as_path(location, "--config")
     local = pathlib.Path(tempfile.mkdtemp(prefix="rwl_jax_config_")) / remote.name
     try:
       local.write_bytes(remote.read_bytes())
