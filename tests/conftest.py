@@ -115,3 +115,14 @@ def interrupt_after_logging(command, cwd, metrics: pathlib.Path, stop: int,
   process.send_signal(stop)
   _, stderr = process.communicate(timeout=180)
   return process.returncode, stderr
+
+
+def declared_minimums() -> dict[str, str]:
+  """{package: version} pinned in .ci/minimum-versions.txt, the floors CI tests."""
+  pins = {}
+  for line in (REPO / ".ci" / "minimum-versions.txt").read_text().splitlines():
+    requirement = line.split("#")[0].strip()
+    if requirement:
+      name, version = requirement.split("==")
+      pins[name.lower()] = version
+  return pins

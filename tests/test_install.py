@@ -10,22 +10,14 @@ import sys
 import nbformat
 import pytest
 
-from conftest import REPO
+from conftest import REPO, declared_minimums
 
 pytestmark = pytest.mark.slow
 
 
-def _declared_minimum(name):
-  for line in (REPO / ".ci" / "minimum-versions.txt").read_text().splitlines():
-    requirement = line.split("#")[0].strip()
-    if requirement.startswith(f"{name}=="):
-      return requirement.split("==")[1]
-  raise AssertionError(f"{name} is not in .ci/minimum-versions.txt")
-
-
 # rwl_jax's own floor for jax, older than the newest flax and chex accept: left to itself, pip would
 # replace it to install the newest of those.
-PREINSTALLED_JAX = _declared_minimum("jax")
+PREINSTALLED_JAX = declared_minimums()["jax"]
 
 
 def _run(command, cwd, timeout=1200, **env):

@@ -3,7 +3,7 @@
 import configparser
 import re
 
-from conftest import REPO
+from conftest import REPO, declared_minimums
 
 
 def _floors_in_setup_cfg() -> dict[str, str]:
@@ -17,18 +17,8 @@ def _floors_in_setup_cfg() -> dict[str, str]:
   return floors
 
 
-def _pins() -> dict[str, str]:
-  pins = {}
-  for line in (REPO / ".ci" / "minimum-versions.txt").read_text().splitlines():
-    requirement = line.split("#")[0].strip()
-    if requirement:
-      name, version = requirement.split("==")
-      pins[name.lower()] = version
-  return pins
-
-
 def test_every_declared_floor_is_the_version_ci_tests():
-  floors, pins = _floors_in_setup_cfg(), _pins()
+  floors, pins = _floors_in_setup_cfg(), declared_minimums()
   assert {"jax", "flax", "optax", "orbax-checkpoint", "tensorflow-datasets"} <= set(floors)
   assert {name: floors[name] for name in floors} == {name: pins[name] for name in floors}, \
       "raise a floor in setup.cfg and its pin in .ci/minimum-versions.txt together"
