@@ -14,18 +14,18 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from typing import Any, Callable
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from rwl_jax import cli, methods, parallel, paths, train
+from rwl_jax import cli, parallel, report
+from rwl_jax import experiment as experiment_lib
+from rwl_jax.data import inputs as data_inputs
 from rwl_jax.errors import ConfigError
-from rwl_jax.metrics import configure_logging
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 _MODE = flags.DEFINE_enum("mode", "step", ["step", "pipeline", "both"], "What to time.")
@@ -101,44 +101,35 @@ def _peak_tflops(device, override: float | None) -> float | None:
 
 def benchmark_step(config, *, steps: int, warmup: int,
                    peak_tflops: float | None = None) -> dict[str, Any]:
-  """Compiles the real train step and times it with its inputs already on the devices.
+  """Compiles the real train step (the experiment's) and times it with its inputs on the devices.
 
   data.augment_on='host': the step on ready-made views (what the step costs once tf.data has
   made them). 'device': the whole device path, uint8 images on the devices, gather and both JAX
   augmentations inside the step (synthetic images: the cost does not depend on content).
   """
+  from rwl_jax.data import device_pipeline  # pylint: disable=g-import-not-at-top
+
   mesh = parallel.make_mesh()
-  parallel.check_batch_divisible(config.global_batch_size, mesh)
-  steps_per_epoch = max(1, 50_000 // config.global_batch_size)
-  tx, _ = train.create_optimizer(config, steps_per_epoch=steps_per_epoch)
-  defs, state = train.create_train_state(config, tx, mesh)
-  step_fn = train.make_train_step(defs, tx, methods.get(config, mesh), seed=config.seed,
-                                  total_steps=steps_per_epoch * config.num_epochs)
+  experiment = experiment_lib.build(config, mesh,
+                                    steps_per_epoch=max(1, 50_000 // config.global_batch_size))
+  state = experiment.init_state()
   size = config.data.image_size
   rng = np.random.default_rng(0)
   batch = parallel.to_global(
       {k: rng.normal(size=(config.global_batch_size, size, size, 3)).astype(np.float32)
        for k in ("view1", "view2")}, mesh)
   # Model FLOPs (the encoder and heads, forward and backward): the augmentation is not counted.
-  flops_per_step = count_flops(step_fn, state, batch)
+  flops_per_step = count_flops(experiment.train_step, state, batch)
   if config.data.augment_on == "device":
-    from rwl_jax.data import device_pipeline  # pylint: disable=g-import-not-at-top
-    from rwl_jax.data.recipe import AugmentRecipe  # pylint: disable=g-import-not-at-top
+    pool = 8 * config.global_batch_size
     images = device_pipeline.put_dataset(
-        rng.integers(0, 256, (8 * config.global_batch_size, size, size, 3), dtype=np.uint8), mesh)
+        rng.integers(0, 256, (pool, size, size, 3), dtype=np.uint8), mesh)
     indices = parallel.to_global(
-        rng.permutation(8 * config.global_batch_size)[:config.global_batch_size].astype(np.int32),
-        mesh)
+        rng.permutation(pool)[:config.global_batch_size].astype(np.int32), mesh)
     inputs = (images, indices)
-    compiled = device_pipeline.compile_device_step(device_pipeline.with_device_views(
-        step_fn, AugmentRecipe.from_config(config.augment), seed=config.seed, image_size=size,
-        mesh=mesh), mesh)
   else:
     inputs = (batch,)
-    compiled = train.compile_train_step(step_fn, mesh)
-  start = time.perf_counter()
-  compiled = compiled.lower(state, *inputs).compile()
-  compile_seconds = time.perf_counter() - start
+  compiled, compile_seconds = experiment.compile_step(state, *inputs)
   for _ in range(warmup):
     state, metrics = compiled(state, *inputs)
   jax.block_until_ready(metrics)
@@ -157,7 +148,7 @@ def benchmark_step(config, *, steps: int, warmup: int,
       "gflop_per_image": flops_per_step / config.global_batch_size / 1e9,
       "achieved_tflops": achieved, "mfu": achieved / (peak * mesh.devices.size) if peak else None,
       "peak_memory_gib": (_peak_memory_bytes(device) or 0) / 2**30 or None,
-      "final_loss": float(metrics["loss"]),
+      "final_loss": float(parallel.fetch(metrics["loss"])),
   }
 
 
@@ -166,7 +157,7 @@ def benchmark_pipeline(config, *, steps: int, warmup: int) -> dict[str, Any]:
   from rwl_jax.data import pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow)
   from rwl_jax.data.recipe import AugmentRecipe  # pylint: disable=g-import-not-at-top
 
-  data = train.load_data(config)
+  data = data_inputs.load_data(config)
   batches = pipeline.train_batches(data.train, shards=data.train_shards,
                                    global_batch_size=config.global_batch_size,
                                    recipe=AugmentRecipe.from_config(config.augment),
@@ -189,43 +180,34 @@ def benchmark_pipeline(config, *, steps: int, warmup: int) -> dict[str, Any]:
           "images_per_second_per_core": config.global_batch_size / seconds / cores}
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
-  columns = ["mode", "images_per_second", "ms_per_step", "compile_seconds", "gflop_per_image",
-             "achieved_tflops", "mfu", "peak_memory_gib", "images_per_second_per_core"]
-  columns = [c for c in columns if any(c in row for row in rows)]
-  def cell(value):
-    if value is None:
-      return "n/a"
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-  lines = [" | ".join(columns), " | ".join("---" for _ in columns)]
-  lines += [" | ".join(cell(row.get(c)) for c in columns) for row in rows]
-  return "\n".join(lines)
+COLUMNS = ("mode", "images_per_second", "ms_per_step", "compile_seconds", "gflop_per_image",
+           "achieved_tflops", "mfu", "peak_memory_gib", "images_per_second_per_core")
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  configure_logging()
+def _check_counts(steps: int, warmup: int) -> None:
+  if steps < 1 or warmup < 0:
+    raise ConfigError(f"--steps must be >= 1 and --warmup >= 0, got {steps} and {warmup}")
+
+
+def main():
   config = _CONFIG.value
-  try:
-    train.validate_config(config)
-    rows = []
-    if _MODE.value in ("step", "both"):
-      rows.append(benchmark_step(config, steps=_STEPS.value, warmup=_WARMUP.value,
-                                 peak_tflops=_PEAK_TFLOPS.value))
-    if _MODE.value in ("pipeline", "both"):
-      rows.append(benchmark_pipeline(config, steps=_STEPS.value, warmup=_WARMUP.value))
-  except ConfigError as error:
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(2)
+  _check_counts(_STEPS.value, _WARMUP.value)
+  output = report.check_output(_OUTPUT.value, "--output")  # before the work, not after
+  experiment_lib.validate_config(config)
+  rows = []
+  if _MODE.value in ("step", "both"):
+    rows.append(benchmark_step(config, steps=_STEPS.value, warmup=_WARMUP.value,
+                               peak_tflops=_PEAK_TFLOPS.value))
+  if _MODE.value in ("pipeline", "both"):
+    rows.append(benchmark_pipeline(config, steps=_STEPS.value, warmup=_WARMUP.value))
   header = {"method": config.method, "global_batch_size": config.global_batch_size,
             "dtype": config.model.dtype, "encoder": config.model.encoder,
             "devices": [d.device_kind for d in jax.devices()], "jax_version": jax.__version__}
-  print(json.dumps(header))
-  print(format_table(rows))
-  paths.as_path(_OUTPUT.value, "--output").write_text(
-      json.dumps({**header, "results": rows}, indent=2))
+  if jax.process_index() == 0:
+    print(json.dumps(header))
+    print(report.format_table(rows, COLUMNS))
+    output.write_text(json.dumps({**header, "results": rows}, indent=2))
 
 
 if __name__ == "__main__":
-  cli.run(main)
+  cli.run(main, distributed=True)

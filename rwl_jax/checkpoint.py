@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from absl import logging
@@ -53,22 +54,28 @@ class Checkpointer:
     A damaged newest checkpoint (a file lost or cut short on a failing disk) gets a warning and
     the previous one is used, so a crash during saving never costs more than one interval.
     A checkpoint of another model is still an error: falling back past it would hide it.
+    On several processes, every process must use the same step: each one's outcome is shared
+    (all-gathered) after every attempt, and all fall back together if any of them failed.
     """
     for step in sorted(self.all_steps(), reverse=True):
+      problem, restored = None, None
       try:
-        return step, self.restore(step, target)
+        restored = self.restore(step, target)
       except ConfigError:
         raise
       except Exception as error:  # Orbax/TensorStore raise many types for unreadable data.
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-        logging.warning("checkpoint %s/%d is unreadable (%s); kept as %d.unreadable, trying "
-                        "the previous one", self.directory, step, first_line, step)
-        if jax.process_index() == 0:
-          # Set aside, not deleted: the run will save this step again, and the bytes may matter.
-          (self.directory / str(step)).rename(self.directory / f"{step}.unreadable")
-        if jax.process_count() > 1:
-          multihost_utils.sync_global_devices(f"set aside checkpoint {step}")
-        self._manager.reload()
+        problem = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+      if not _any_process(problem is not None):
+        return step, restored
+      logging.warning("checkpoint %s/%d is unreadable (%s); kept as %d.unreadable, trying the "
+                      "previous one", self.directory, step,
+                      problem or "on another process", step)
+      if jax.process_index() == 0:
+        # Set aside, not deleted: the run will save this step again, and the bytes may matter.
+        (self.directory / str(step)).rename(self.directory / f"{step}.unreadable")
+      if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"set aside checkpoint {step}")
+      self._manager.reload()
     return None, target
 
   def wait(self) -> None:
@@ -78,6 +85,13 @@ class Checkpointer:
     self._manager.wait_until_finished()
     self._manager.close()
     logging.info("checkpoints in %s: steps %s", self.directory, self.all_steps())
+
+
+def _any_process(flag: bool) -> bool:
+  """True when `flag` is true on any process (an all-gather on several processes)."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
 
 
 def _path_name(entry: Any) -> str:

@@ -22,7 +22,7 @@ import tempfile
 from typing import Callable, Sequence
 
 from rwl_jax import paths
-from rwl_jax.errors import ConfigError
+from rwl_jax.errors import ConfigError, RunError
 
 COMMANDS = {
     "train": "rwl_jax.main",
@@ -31,6 +31,8 @@ COMMANDS = {
     "memory": "rwl_jax.memory",
     "report": "rwl_jax.report",
 }
+# The commands that run on every process of a multi-process job (they take --distributed).
+DISTRIBUTED_COMMANDS = ("train", "evaluate", "benchmark")
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent / "configs"
 
 
@@ -82,19 +84,77 @@ def resolve_config_argv(argv: Sequence[str]) -> list[str]:
   return resolved
 
 
-def run(main: Callable[[list[str]], None], argv: Sequence[str] | None = None) -> None:
-  """absl's app.run with packaged configs resolved: every module's `__main__` entry."""
+def run(main: Callable[[], None], argv: Sequence[str] | None = None, *,
+        distributed: bool = False) -> None:
+  """The one harness of every command-line tool: packaged configs resolved, flags parsed up front,
+  INFO logging, JAX's multi-process runtime started on --distributed (when the tool takes it),
+  and any ConfigError or RunError, from the flags or from main(), one `error:` line with exit
+  status 2. main takes no arguments: the tools take flags only, and a stray positional argument
+  is an error here."""
   from absl import app  # pylint: disable=g-import-not-at-top
 
   app.define_help_flags()  # --help/--helpfull exist before the flags are parsed below
+  if distributed:
+    _define_distributed_flags()
   try:
     argv = resolve_config_argv(sys.argv if argv is None else argv)
     arguments = _parse_flags(argv)
+    if len(arguments) > 1:
+      raise ConfigError(f"unexpected arguments: {' '.join(arguments[1:])}; every input is a "
+                        "--flag (`--help` lists them)")
   except ConfigError as error:
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(2)
+    _fail(error)
+
+  def harnessed(_):
+    from rwl_jax.metrics import configure_logging  # pylint: disable=g-import-not-at-top
+
+    configure_logging()
+    try:
+      if distributed:
+        _start_distributed()
+      main()
+    except (ConfigError, RunError) as error:
+      _fail(error)
+
   # Parsed already: a second parse would define ml_collections' --config.FIELD flags twice.
-  app.run(main, argv=argv, flags_parser=lambda _: arguments)
+  app.run(harnessed, argv=argv, flags_parser=lambda _: arguments)
+
+
+def _fail(error: Exception) -> None:
+  print(f"error: {error}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _define_distributed_flags() -> None:
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  if "distributed" in flags.FLAGS:
+    return
+  flags.DEFINE_bool(
+      "distributed", False, "Start JAX's multi-process runtime (jax.distributed.initialize): on "
+      "Cloud TPU and under Slurm it finds its peers itself; elsewhere give the three flags below.")
+  flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+  flags.DEFINE_integer("num_processes", None, "Number of processes.")
+  flags.DEFINE_integer("process_id", None, "This process's index.")
+
+
+def _start_distributed() -> None:
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+
+  values = flags.FLAGS
+  if not values.distributed:
+    return
+  # CPU processes exchange collectives through gloo (tests, CPU clusters); GPUs and TPUs ignore
+  # it. Set before initialize: the backends must not have started yet.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  try:
+    jax.distributed.initialize(coordinator_address=values.coordinator_address,
+                               num_processes=values.num_processes, process_id=values.process_id)
+  except (RuntimeError, ValueError) as error:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    raise ConfigError(f"--distributed: JAX's multi-process runtime did not start: "
+                      f"{lines[0] if lines else type(error).__name__}") from None
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -139,4 +199,5 @@ def main() -> None:
   command = sys.argv[1]
   # Importing only the chosen module keeps each command's flags to itself.
   module = importlib.import_module(COMMANDS[command])
-  run(module.main, [f"rwl-jax {command}", *sys.argv[2:]])
+  run(module.main, [f"rwl-jax {command}", *sys.argv[2:]],
+      distributed=command in DISTRIBUTED_COMMANDS)

@@ -19,17 +19,16 @@ batch B on D devices (b = B / D):
 from __future__ import annotations
 
 import json
-import sys
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from rwl_jax import cli, methods, parallel, paths, train
+from rwl_jax import cli, methods, parallel, report
+from rwl_jax import experiment as experiment_lib
 from rwl_jax.errors import ConfigError
-from rwl_jax.metrics import configure_logging
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 _BATCHES = flags.DEFINE_list("batches", ["1024", "4096", "16384", "65536"], "Global batch sizes.")
@@ -55,15 +54,13 @@ def loss_temp_bytes(loss: Callable, global_batch: int, dim: int, temperature: fl
 
 
 def step_temp_bytes(config, mesh: jax.sharding.Mesh) -> int:
-  """Per-device temporary bytes of the config's compiled train step (views [B, H, W, 3])."""
-  tx, _ = train.create_optimizer(config, steps_per_epoch=10)
-  defs, state = train.create_train_state(config, tx, mesh)
-  step = train.compile_train_step(
-      train.make_train_step(defs, tx, methods.get(config, mesh), seed=0, total_steps=10), mesh)
-  size = config.data.image_size
-  view = jax.ShapeDtypeStruct((config.global_batch_size, size, size, 3), jnp.float32,
-                              sharding=parallel.data_sharded(mesh))
-  return _temp_bytes(step.lower(state, {"view1": view, "view2": view}).compile())
+  """Per-device temporary bytes of the config's compiled train step (host views [B, H, W, 3])."""
+  config = config.copy_and_resolve_references()
+  config.data.augment_on = "host"
+  experiment = experiment_lib.build(config, mesh, steps_per_epoch=10)
+  compiled, _ = experiment.compile_step(experiment.abstract_state(),
+                                        *experiment.host_inputs_spec())
+  return _temp_bytes(compiled)
 
 
 def memory_rows(config, batches: list[int], *, with_step: bool) -> list[dict[str, Any]]:
@@ -94,31 +91,19 @@ def memory_rows(config, batches: list[int], *, with_step: bool) -> list[dict[str
   return rows
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
-  columns = list(rows[0])
-  cell = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
-  lines = [" | ".join(columns), " | ".join("---" for _ in columns)]
-  return "\n".join(lines + [" | ".join(cell(row[c]) for c in columns) for row in rows])
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  configure_logging()
+def main():
   try:
     batches = [int(b) for b in _BATCHES.value]
   except ValueError:
-    print(f"error: --batches must be integers, got {','.join(_BATCHES.value)}", file=sys.stderr)
-    sys.exit(2)
-  try:
-    train.validate_config(_CONFIG.value)
-    rows = memory_rows(_CONFIG.value, batches, with_step=_STEP.value)
-  except ConfigError as error:
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(2)
-  print(format_table(rows))
-  if _OUTPUT.value:
-    paths.as_path(_OUTPUT.value, "--output").write_text(json.dumps(
+    raise ConfigError(f"--batches must be integers, got {','.join(_BATCHES.value)}") from None
+  if not batches or min(batches) < 2:
+    raise ConfigError(f"--batches must be global batch sizes >= 2, got {batches}")
+  output = report.check_output(_OUTPUT.value, "--output") if _OUTPUT.value else None
+  experiment_lib.validate_config(_CONFIG.value)
+  rows = memory_rows(_CONFIG.value, batches, with_step=_STEP.value)
+  print(report.format_table(rows))
+  if output is not None:
+    output.write_text(json.dumps(
         {"jax_version": jax.__version__, "platform": jax.devices()[0].platform,
          "method": _CONFIG.value.method, "rows": rows}, indent=2))
 

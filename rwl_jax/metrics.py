@@ -2,6 +2,11 @@
 
 CLU's writers would be the natural choice, but `clu.metric_writers` imports TensorFlow, which
 the accelerator machines do not have; tensorboardX writes the same event files without it.
+
+Every metrics.jsonl row is {"step", "time" (wall clock), "run_seconds", <scalars>}. run_seconds
+counts training-run time only: the time each writer was open, added up across resumes, so the
+downtime between a crash and its resume is never counted. read_rows and latest_rows are the
+readers shared with rwl_jax.report.
 """
 
 from __future__ import annotations
@@ -9,33 +14,119 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
-import jax
 from absl import logging
 from etils import epath
 
 from rwl_jax import paths
 
+METRICS_FILE = "metrics.jsonl"
+# Keys of a metrics.jsonl row that say when it was written, not what was measured.
+ROW_KEYS = ("step", "time", "run_seconds")
+
+
+def parse_rows(text: str, source: str) -> list[dict[str, Any]]:
+  """The rows of a metrics.jsonl text, in file order; unparsable lines dropped with a warning.
+
+  A run killed mid-write (SIGKILL, preemption) can leave a truncated last line behind.
+  """
+  rows = []
+  for number, line in enumerate(text.splitlines(), start=1):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+    except ValueError:
+      row = None
+    if not (isinstance(row, dict) and isinstance(row.get("step"), int)
+            and isinstance(row.get("time"), (int, float))):
+      logging.warning("%s line %d is not a metrics row (a write cut short?); skipped: %.80s",
+                      source, number, line)
+      continue
+    rows.append(row)
+  return rows
+
+
+def read_rows(path: epath.PathLike) -> list[dict[str, Any]]:
+  """parse_rows of the file at `path` (local or URL)."""
+  path = epath.Path(path)
+  return parse_rows(path.read_text(), os.fspath(path))
+
+
+def latest_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+  """The rows a run's final history holds, when steps were logged again after a resume.
+
+  A resumed run replays the steps after its checkpoint, and files written before MetricWriter
+  truncated on resume hold both attempts: a row is dropped when a later row has a smaller step
+  (the crashed attempt had got further than the checkpoint), and of the scalars logged under the
+  same step and name only the last is kept. Order is preserved; a row left with no scalars goes.
+  """
+  rows = [dict(row) for row in rows]
+  kept, smallest_later_step, seen = [], None, set()
+  for row in reversed(rows):
+    if smallest_later_step is not None and row["step"] > smallest_later_step:
+      continue  # a step after the checkpoint, logged by an attempt that did not finish
+    smallest_later_step = (row["step"] if smallest_later_step is None
+                           else min(smallest_later_step, row["step"]))
+    names = [name for name in row if name not in ROW_KEYS]
+    fresh = [name for name in names if (row["step"], name) not in seen]
+    seen.update((row["step"], name) for name in names)
+    if fresh:
+      kept.append({key: value for key, value in row.items()
+                   if key in ROW_KEYS or key in fresh})
+  kept.reverse()
+  return kept
+
+
+def run_seconds(row: Mapping[str, Any], first_row: Mapping[str, Any]) -> float:
+  """Seconds of training-run time at `row`: its run_seconds, or for a file written before
+  run_seconds existed, wall-clock seconds since `first_row` (downtime included, unavoidably)."""
+  if "run_seconds" in row:
+    return float(row["run_seconds"])
+  return float(row["time"]) - float(first_row["time"])
+
 
 class MetricWriter:
   """write_scalars(step, {...}) to TensorBoard (workdir/tensorboard) and workdir/metrics.jsonl.
 
+  Only the writer of process 0 (`enabled` None) or of enabled=True writes anything. On opening
+  it trims an existing metrics.jsonl to the rows with step <= resume_step, the steps the restored
+  checkpoint holds, so the steps a resume replays appear once; resume_step None or 0 is a fresh
+  start and keeps no row (rows already there came from an earlier attempt that died before its
+  first checkpoint). Rows are rewritten to a temporary file beside it that then replaces it, so a
+  crash while trimming leaves the old file whole. Unparsable lines (a write cut short) are dropped
+  with a warning.
+
+  Every row carries `time` (wall clock) and `run_seconds`: the kept rows' last run_seconds plus
+  the time.monotonic() seconds since this writer was opened, so time between runs never counts.
+
+  TensorBoard event files are append-only and cannot be trimmed: after a resume they hold the
+  replayed steps twice, which is harmless, since TensorBoard shows the newest value of a step.
+
   on_write(step, scalars), if given, also receives every write (a notebook's progress bar).
   """
 
-  def __init__(self, workdir: epath.PathLike, *, enabled: bool | None = None,
+  def __init__(self, workdir: epath.PathLike, *, resume_step: int | None = None,
+               enabled: bool | None = None,
                on_write: Callable[[int, dict[str, float]], None] | None = None):
-    self._enabled = jax.process_index() == 0 if enabled is None else enabled
+    if enabled is None:
+      import jax  # pylint: disable=g-import-not-at-top  # report reads rows without loading jax
+      enabled = jax.process_index() == 0
+    self._enabled = enabled
     self._on_write = on_write
     self._tensorboard = None
     self._jsonl = None
+    self._run_seconds_before = 0.0  # the kept rows' run time, from the runs before this one
     if self._enabled:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       workdir = paths.as_path(workdir, "workdir")
+      metrics_path = workdir / METRICS_FILE
+      self._run_seconds_before = _trim_to_resume_step(metrics_path, resume_step)
       _write_event_files_through_epath()
       self._tensorboard = SummaryWriter(os.fspath(workdir / "tensorboard"))
-      self._jsonl = (workdir / "metrics.jsonl").open("a")
+      self._jsonl = metrics_path.open("a")
+    self._opened = time.monotonic()
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
     if not self._enabled:
@@ -43,7 +134,9 @@ class MetricWriter:
     scalars = {name: float(value) for name, value in scalars.items()}
     for name, value in scalars.items():
       self._tensorboard.add_scalar(name, value, global_step=step)
-    self._jsonl.write(json.dumps({"step": int(step), "time": time.time(), **scalars}) + "\n")
+    elapsed = self._run_seconds_before + time.monotonic() - self._opened
+    row = {"step": int(step), "time": time.time(), "run_seconds": elapsed, **scalars}
+    self._jsonl.write(json.dumps(row) + "\n")
     self._jsonl.flush()
     if self._on_write is not None:
       self._on_write(int(step), scalars)
@@ -53,6 +146,18 @@ class MetricWriter:
       self._tensorboard.close()
       self._jsonl.close()
       self._enabled = False
+
+
+def _trim_to_resume_step(path: epath.Path, resume_step: int | None) -> float:
+  """Keeps path's rows with step <= resume_step (none for None or 0); their last run_seconds."""
+  if not path.exists():
+    return 0.0
+  rows = read_rows(path) if resume_step else []
+  kept = latest_rows(row for row in rows if row["step"] <= resume_step) if rows else []
+  temporary = path.parent / f"{path.name}.trimming"
+  temporary.write_text("".join(json.dumps(row) + "\n" for row in kept))
+  temporary.replace(path)  # the old file stays whole until the new one is complete
+  return run_seconds(kept[-1], kept[0]) if kept else 0.0
 
 
 class _EpathEventFiles:
@@ -74,12 +179,6 @@ def _write_event_files_through_epath() -> None:
 
   for scheme in paths.URL_SCHEMES:
     record_writer.register_writer_factory(scheme, _EpathEventFiles())
-
-
-def log_progress(epoch: int, num_epochs: int, step: int, num_steps: int,
-                 scalars: Mapping[str, float]) -> None:
-  parts = " ".join(f"{name} {value:.4g}" for name, value in scalars.items())
-  logging.info("epoch %d/%d step %d/%d %s", epoch, num_epochs, step, num_steps, parts)
 
 
 def configure_logging() -> None:

@@ -43,10 +43,20 @@ def to_global(batch: Any, mesh: Mesh) -> Any:
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
 
 
+def fetch_array(x: jax.Array) -> np.ndarray:
+  """A global array -> NumPy: its local copy when replicated, the whole array when all of it is on
+  this process's devices; ValueError otherwise (one device's copy would silently be one shard)."""
+  if x.is_fully_replicated:
+    return np.asarray(x.addressable_data(0))
+  if x.is_fully_addressable:
+    return np.asarray(x)
+  raise ValueError(f"fetch needs replicated arrays; this one of shape {x.shape} is split over "
+                   f"the devices of several processes ({x.sharding}); replicate it first")
+
+
 def fetch(tree: Any) -> Any:
   """Replicated global arrays -> NumPy, on every process (each reads its own local copy).
 
   Unlike jax.device_get this works when the array spans devices of several processes.
   """
-  return jax.tree.map(
-      lambda x: np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else x, tree)
+  return jax.tree.map(lambda x: fetch_array(x) if isinstance(x, jax.Array) else x, tree)

@@ -84,6 +84,7 @@ def tiny_config(image_dir: pathlib.Path, cache_dir: pathlib.Path, method: str = 
   config.data.cache_dir = str(cache_dir)
   config.eval.batch_size = 128
   config.eval.linear_epochs = 5
+  config.eval.probe_batch_size = 32
   config.log_every_steps = 5
   config.checkpoint_every_epochs = 1
   return config

@@ -121,7 +121,9 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from rwl_jax.errors import RunError  # pylint: disable=g-import-not-at-top
 
-  real_make_train_step = train.make_train_step
+  from rwl_jax import experiment  # pylint: disable=g-import-not-at-top
+
+  real_make_train_step = experiment.make_train_step
 
   def diverging(*args, **kwargs):
     step = real_make_train_step(*args, **kwargs)
@@ -132,7 +134,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
 
     return poisoned
 
-  monkeypatch.setattr(train, "make_train_step", diverging)
+  monkeypatch.setattr(experiment, "make_train_step", diverging)
   config.num_epochs = 3
   config.data.max_train_examples = 160  # 5 steps per epoch
   with pytest.raises(RunError, match=r"loss became nan at step 7; stopped without saving it"):
@@ -158,3 +160,33 @@ def test_memory_tool_bad_arguments(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith(message), done.stderr[-2000:]
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_a_non_finite_loss_found_while_stopping_still_closes_everything(
+    config, tmp_path, monkeypatch):
+  """Cleanup has one home: the checkpointer (its pending writes) and the metric writer are closed
+  whatever ends the run, here a non-finite loss found while a stop signal is handled."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from rwl_jax import loop  # pylint: disable=g-import-not-at-top
+  from rwl_jax.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
+  from rwl_jax.errors import RunError  # pylint: disable=g-import-not-at-top
+  from rwl_jax.metrics import MetricWriter  # pylint: disable=g-import-not-at-top
+
+  closed = []
+  for cls in (Checkpointer, MetricWriter):
+    real_close = cls.close
+    monkeypatch.setattr(cls, "close", lambda self, real_close=real_close, name=cls.__name__: (
+        closed.append(name), real_close(self))[1])
+
+  def stopped_after_a_nan(context, *args):
+    context.pending.append({"loss": jnp.float32(jnp.nan)})
+    context.step += 1
+    raise loop.StopRequested("stopped by SIGTERM")
+
+  monkeypatch.setattr(loop, "run", stopped_after_a_nan)
+  config.data.max_train_examples = 64
+  with pytest.raises(RunError, match="loss became nan at step 1"):
+    run(config, tmp_path)
+  assert sorted(closed) == ["Checkpointer", "MetricWriter"]
+  assert not list((tmp_path / "work" / "checkpoints").glob("[0-9]*"))  # nothing saved

@@ -9,15 +9,14 @@ import numpy as np
 import pytest
 
 from conftest import run_on_devices, tiny_config
-from rwl_jax import parallel, train
+from rwl_jax import experiment, parallel, train
 from rwl_jax.checkpoint import Checkpointer
 
 pytestmark = pytest.mark.slow  # compiles full train steps; `-m 'not slow'` skips it
 
 
 def final_state(config, workdir):
-  tx, _ = train.create_optimizer(config, steps_per_epoch=10)
-  _, template = train.create_train_state(config, tx, parallel.make_mesh())
+  template = experiment.build(config, parallel.make_mesh(), steps_per_epoch=10).abstract_state()
   checkpointer = Checkpointer(workdir)
   state = checkpointer.restore(checkpointer.latest_step(), template)
   checkpointer.close()
@@ -48,23 +47,20 @@ def test_device_augmentation_trains_and_resumes_bit_exactly(cifar_dir, tmp_path)
 _SCRIPT = textwrap.dedent("""
     import json, jax, numpy as np
     from rwl_jax.configs import common
-    from rwl_jax import methods, parallel, train
+    from rwl_jax import experiment, parallel
     from rwl_jax.data import device_pipeline
-    from rwl_jax.data.recipe import AugmentRecipe
     config = common.get_config()
     config.global_batch_size = 16
     config.model.width = 4
     config.model.projector_dims = (16, 8)
+    config.data.augment_on = "device"
     images = np.random.default_rng(0).integers(0, 256, size=(64, 32, 32, 3), dtype=np.uint8)
     indices = np.arange(16, dtype=np.int32) * 3
     losses = []
     for devices in (jax.devices()[:1], jax.devices()):
       mesh = parallel.make_mesh(devices)
-      tx, _ = train.create_optimizer(config, steps_per_epoch=10)
-      defs, state = train.create_train_state(config, tx, mesh)
-      base = train.make_train_step(defs, tx, methods.get(config, mesh), seed=0, total_steps=20)
-      step = device_pipeline.compile_device_step(device_pipeline.with_device_views(
-          base, AugmentRecipe(), seed=0, image_size=32, mesh=mesh), mesh)
+      built = experiment.build(config, mesh, steps_per_epoch=10)
+      state, step = built.init_state(), built.jitted_step
       data = device_pipeline.put_dataset(images, mesh)
       for _ in range(2):
         state, metrics = step(state, data, parallel.to_global(indices, mesh))

@@ -10,7 +10,8 @@ import pytest
 
 from conftest import tiny_config
 from rwl_jax.configs import common
-from rwl_jax import losses, methods, parallel, train
+from rwl_jax import experiment, losses, methods, parallel, train
+from rwl_jax.rng import stream_key
 from rwl_jax.errors import ConfigError
 
 NEW_METHODS = ("byol", "byol_gsg", "simsiam", "simsiam_gsg", "vicreg", "barlow")
@@ -37,10 +38,9 @@ def byol_gsg_step():
   """One compiled BYOL+GSG step (EMA target and random pairing both), its initial state, a batch."""
   config = _config("byol_gsg")
   mesh = parallel.make_mesh(jax.devices()[:1])
-  tx, _ = train.create_optimizer(config, steps_per_epoch=10)
-  defs, state = train.create_train_state(config, tx, mesh)
-  step_fn = train.make_train_step(defs, tx, methods.get(config), seed=config.seed, total_steps=20)
-  step = train.compile_train_step(step_fn, mesh)
+  config.num_epochs = 10
+  built = experiment.build(config, mesh, steps_per_epoch=2)  # 20 steps: K of the EMA schedule
+  state, step_fn, step = built.init_state(), built.train_step, built.jitted_step
   host_state = jax.device_get(state)  # the step donates its input; keep a host copy to restart
   return step, step_fn, host_state, parallel.to_global(_batch(), mesh), mesh
 
@@ -97,7 +97,7 @@ def test_no_gradient_through_the_target_branch(method):
 
   def of(z1, z2, p1, p2):
     # SimSiam passes the online projections as the targets: the same arrays as online z.
-    return loss(methods.Outputs(z1, z2, p1, p2), (z1, z2), key)
+    return loss(methods.Outputs(z1, z2, p1, p2), (z1, z2), key)[0]
 
   grads = jax.grad(of, argnums=(0, 1, 2, 3))(z1, z2, p1, p2)
   assert np.all(np.asarray(grads[0]) == 0) and np.all(np.asarray(grads[1]) == 0)
@@ -137,7 +137,7 @@ def test_gsg_pairing_matches_gsg_assignment_on_hand_built_embeddings():
   p1, p2 = (rng.normal(size=(4, 2)).astype(np.float32) for _ in range(2))
   loss = methods.get(_config("simsiam_gsg")).loss(
       methods.Outputs(jnp.asarray(t1), jnp.asarray(t2), jnp.asarray(p1), jnp.asarray(p2)),
-      (jnp.asarray(t1), jnp.asarray(t2)), key)
+      (jnp.asarray(t1), jnp.asarray(t2)), key)[0]
   assert float(loss) == pytest.approx(_gsg_reference(p1, p2, t1, t2, perm, assignment), abs=1e-6)
   # The pairing matters: the swapped sources give another loss, so the check above can fail.
   assert float(loss) != pytest.approx(_gsg_reference(p1, p2, t1, t2, perm, 1 - assignment),
@@ -145,7 +145,7 @@ def test_gsg_pairing_matches_gsg_assignment_on_hand_built_embeddings():
 
 
 def test_gsg_permutation_depends_on_step_and_repeats_on_resume(byol_gsg_step):
-  perms = [np.asarray(jax.random.permutation(methods.step_key(0, s), 64)) for s in (0, 1, 0)]
+  perms = [np.asarray(jax.random.permutation(stream_key(0, s, "method"), 64)) for s in (0, 1, 0)]
   assert not np.array_equal(perms[0], perms[1])
   np.testing.assert_array_equal(perms[0], perms[2])
 
@@ -177,16 +177,16 @@ def test_gsg_permutation_depends_on_step_and_repeats_on_resume(byol_gsg_step):
 ])
 def test_invalid_hyper_parameters(method, field, value, message):
   config = _config(method)
-  train.validate_config(config)  # valid before the change
+  experiment.validate_config(config)  # valid before the change
   config.update_from_flattened_dict({field: value})
   with pytest.raises(ConfigError, match=message) as error:
-    train.validate_config(config)
+    experiment.validate_config(config)
   assert "\n" not in str(error.value)
 
 
 def test_unknown_method_lists_all_methods():
   with pytest.raises(ConfigError) as error:
-    train.validate_config(_config("moco"))
+    experiment.validate_config(_config("moco"))
   for name in ("rwl", "simclr", *NEW_METHODS):
     assert repr(name) in str(error.value)
 

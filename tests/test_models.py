@@ -78,3 +78,38 @@ def test_mlp_layers_and_validation():
     MLP(8, (), rngs=nnx.Rngs(0))
   with pytest.raises(ConfigError, match="unknown model.encoder"):
     build_resnet("resnet19", rngs=nnx.Rngs(0))
+
+
+def _torch_style_conv(x, kernel, stride):
+  """Cross-correlation with zero padding 1 on each side (torch.nn.Conv2d(k=3, s, p=1)), NHWC/HWIO,
+  as a plain float64 loop: the reference the Flax convolutions must reproduce."""
+  x = np.pad(np.asarray(x, np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+  kernel = np.asarray(kernel, np.float64)
+  size = kernel.shape[0]
+  out_h = (x.shape[1] - size) // stride + 1
+  out_w = (x.shape[2] - size) // stride + 1
+  out = np.zeros((x.shape[0], out_h, out_w, kernel.shape[3]))
+  for row in range(out_h):
+    for col in range(out_w):
+      patch = x[:, row * stride:row * stride + size, col * stride:col * stride + size, :]
+      out[:, row, col, :] = np.einsum("nhwc,hwco->no", patch, kernel)
+  return out
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_3x3_convolutions_pad_like_pytorch(stride):
+  # Two one-block stages: the stem (stride 1) and the downsampling block's conv1 (stride 2).
+  model = models.resnet.CifarResNet(models.resnet.BasicBlock, (1, 1), width=4, rngs=nnx.Rngs(0))
+  conv = model.stem_conv if stride == 1 else model.blocks[1].conv1
+  assert conv.strides in (stride, (stride, stride))
+  kernel = conv.kernel[...]
+  x = jax.random.normal(jax.random.key(1), (1, 8, 8, kernel.shape[2]))
+  reference = _torch_style_conv(x, kernel, stride)
+  out = conv(x)
+  assert out.shape == reference.shape
+  assert np.max(np.abs(np.asarray(out, np.float64) - reference)) < 1e-5
+  if stride == 2:
+    # XLA's SAME pads (0, 1) for stride 2 on an even input: half a pixel off the reference.
+    same = jax.lax.conv_general_dilated(x, kernel, (2, 2), "SAME",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    assert np.max(np.abs(np.asarray(same, np.float64) - reference)) > 1e-2

@@ -16,7 +16,7 @@ _SCRIPT = textwrap.dedent("""
     import json
     import jax, numpy as np
     from rwl_jax.configs import common
-    from rwl_jax import methods, parallel, train
+    from rwl_jax import experiment, methods, parallel
 
     assert jax.device_count() == 8, jax.devices()
     results = {}
@@ -32,10 +32,8 @@ _SCRIPT = textwrap.dedent("""
       outcome = []
       for devices in (jax.devices()[:1], jax.devices()):
         mesh = parallel.make_mesh(devices)
-        tx, _ = train.create_optimizer(config, steps_per_epoch=10)
-        defs, state = train.create_train_state(config, tx, mesh)
-        step_fn = train.make_train_step(defs, tx, methods.get(config, mesh), seed=0, total_steps=20)
-        step = train.compile_train_step(step_fn, mesh)
+        built = experiment.build(config, mesh, steps_per_epoch=10)
+        state, step = built.init_state(), built.jitted_step
         for _ in range(2):
           state, metrics = step(state, parallel.to_global(batch, mesh))
         flat = jax.tree_util.tree_flatten_with_path(

@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 
 from rwl_jax.configs import common
-from rwl_jax import methods, parallel, train
+from rwl_jax import experiment, parallel
 from rwl_jax.data import device_pipeline
-from rwl_jax.data.recipe import AugmentRecipe
 
 pytestmark = pytest.mark.slow  # compiles full train steps; `-m 'not slow'` skips it
 
@@ -17,19 +16,17 @@ def test_host_and_device_steps_compile_once():
   config.model.width = 4
   config.model.projector_dims = (8, 8)
   mesh = parallel.make_mesh()
-  tx, _ = train.create_optimizer(config, steps_per_epoch=10)
-  defs, state = train.create_train_state(config, tx, mesh)
-  base = train.make_train_step(defs, tx, methods.get(config), seed=0, total_steps=20)
-  host_step = train.compile_train_step(base, mesh)
+  built = experiment.build(config, mesh, steps_per_epoch=10)
+  state = built.init_state()
+  host_step = built.jitted_step
   rng = np.random.default_rng(0)
   for _ in range(3):
     batch = {k: rng.normal(size=(8, 32, 32, 3)).astype(np.float32) for k in ("view1", "view2")}
     state, metrics = host_step(state, parallel.to_global(batch, mesh))
   assert host_step._cache_size() == 1  # pylint: disable=protected-access
 
-  device_step = device_pipeline.compile_device_step(
-      device_pipeline.with_device_views(base, AugmentRecipe(), seed=0, image_size=32, mesh=mesh),
-      mesh)
+  config.data.augment_on = "device"
+  device_step = experiment.build(config, mesh, steps_per_epoch=10).jitted_step
   images = device_pipeline.put_dataset(rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8), mesh)
   for step in range(3):
     indices = np.arange(8, dtype=np.int32) + step

@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from rwl_jax.configs import common
-from rwl_jax import train
+from rwl_jax import experiment
 
 
 def make(name="sgd", **optimizer):
@@ -15,7 +15,7 @@ def make(name="sgd", **optimizer):
   config.num_epochs = 10
   config.optimizer.name = name
   config.optimizer.update(optimizer)
-  return train.create_optimizer(config, steps_per_epoch=100)
+  return experiment.create_optimizer(config, steps_per_epoch=100)
 
 
 def test_schedule_warmup_then_cosine_to_the_final_fraction():
@@ -60,4 +60,4 @@ def test_unknown_optimizer_is_a_config_error():
   config = common.get_config()
   config.optimizer.name = "adamw2"
   with pytest.raises(Exception, match="unknown optimizer.name 'adamw2'"):
-    train.validate_config(config)
+    experiment.validate_config(config)

@@ -15,7 +15,7 @@ _SCRIPT = textwrap.dedent("""
     import json, re
     import jax, jax.numpy as jnp, numpy as np
     from rwl_jax.configs import common
-    from rwl_jax import losses, memory, methods, parallel, train
+    from rwl_jax import experiment, losses, memory, parallel
 
     assert jax.device_count() == 8
     mesh = parallel.make_mesh()
@@ -46,12 +46,9 @@ _SCRIPT = textwrap.dedent("""
     config.global_batch_size = 64
     config.model.width = 4
     config.model.projector_dims = (16, 8)
-    tx, _ = train.create_optimizer(config, steps_per_epoch=10)
-    defs, state = train.create_train_state(config, tx, mesh)
-    step = train.compile_train_step(
-        train.make_train_step(defs, tx, methods.get(config, mesh), seed=0, total_steps=10), mesh)
-    view = jax.ShapeDtypeStruct((64, 32, 32, 3), jnp.float32, sharding=parallel.data_sharded(mesh))
-    hlo = step.lower(state, {"view1": view, "view2": view}).compile().as_text()
+    built = experiment.build(config, mesh, steps_per_epoch=10)
+    compiled, _ = built.compile_step(built.abstract_state(), *built.host_inputs_spec())
+    hlo = compiled.as_text()
     out["collectives"] = sorted(set(re.findall(
         r"\\b(all-gather|all-reduce|all-to-all|collective-permute|reduce-scatter)(?:-start)?\\(", hlo)))
     print("RESULT " + json.dumps(out))

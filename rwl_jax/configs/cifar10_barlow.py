@@ -16,14 +16,9 @@ from rwl_jax.configs import common
 def get_config(arg: str | None = None):
   config = common.get_config()
   config.method = "barlow"
-  config.num_epochs = 1000
   config.model.projector_dims = (2048, 2048, 2048)
   config.model.projector_batch_norm = True
   config.barlow.lambd = 0.0051
   config.barlow.scale = 0.1
-  config.optimizer.name = "lars"
-  config.optimizer.learning_rate = 0.3
-  config.optimizer.weight_decay = 1e-4
-  config.optimizer.trust_coefficient = 0.02
-  config.optimizer.warmup_epochs = 10
+  common.solo_learn_lars(config, learning_rate=0.3, weight_decay=1e-4)
   return common.variant(config, arg)

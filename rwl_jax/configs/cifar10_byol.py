@@ -16,14 +16,9 @@ from rwl_jax.configs import common
 def get_config(arg: str | None = None):
   config = common.get_config()
   config.method = "byol"
-  config.num_epochs = 1000
   config.model.projector_dims = (4096, 256)
   config.model.projector_batch_norm = True
   config.model.predictor_dims = (4096, 256)
   config.ema.base_momentum = 0.99
-  config.optimizer.name = "lars"
-  config.optimizer.learning_rate = 1.0
-  config.optimizer.weight_decay = 1e-5
-  config.optimizer.trust_coefficient = 0.02
-  config.optimizer.warmup_epochs = 10
+  common.solo_learn_lars(config, learning_rate=1.0, weight_decay=1e-5)
   return common.variant(config, arg)

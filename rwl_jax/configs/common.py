@@ -24,7 +24,7 @@ by its name (`--config=cifar10_rwl`); `:smoke` after either gives the minutes-on
 
 import ml_collections
 
-from rwl_jax.data.recipe import CIFAR10_MEAN, CIFAR10_STD
+from rwl_jax.data.recipe import AugmentRecipe
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -95,33 +95,44 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # uint8 split in accelerator memory, JAX augmentation inside the step; same recipe and laws).
   config.data.augment_on = "host"
 
-  config.augment = ml_collections.ConfigDict()
-  config.augment.crop_scale = (0.2, 1.0)
-  config.augment.crop_ratio = (3.0 / 4.0, 4.0 / 3.0)
-  config.augment.flip_prob = 0.5
-  config.augment.brightness = 0.4
-  config.augment.contrast = 0.4
-  config.augment.saturation = 0.4
-  config.augment.hue = 0.1
-  config.augment.jitter_prob = 0.8
-  config.augment.grayscale_prob = 0.2
-  config.augment.mean = CIFAR10_MEAN
-  config.augment.std = CIFAR10_STD
+  # The views (SimCLR's recipe, see data/recipe.py): the recipe's own defaults, stated once there.
+  config.augment = ml_collections.ConfigDict(AugmentRecipe().as_config())
 
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 1024
   config.eval.knn_k = 200
   config.eval.knn_temperature = 0.1
   config.eval.knn_every_epochs = 0  # 0 = only at the end
+  config.eval.linear_every_epochs = 0  # 0 = only at the end (each probe trains from scratch)
+  # Theory diagnostics (p_pos and its ceiling, effective ranks, alignment/uniformity, L_rw bands;
+  # rwl_jax/diagnostics.py) on a fixed probe batch of this many training images at each log step;
+  # 0 = off. Computed with `temperature` for every method, so the methods stay comparable.
+  config.eval.probe_batch_size = 256
   config.eval.linear_epochs = 100
   config.eval.linear_batch_size = 1024
   config.eval.linear_learning_rate = 0.1
   config.eval.linear_weight_decay = 0.0
 
   config.log_every_steps = 50
+  # jax.profiler trace of num_steps steps from start_step (0 = off) into WORKDIR/profile.
+  config.profile = ml_collections.ConfigDict()
+  config.profile.start_step = 0
+  config.profile.num_steps = 5
   config.checkpoint_every_epochs = 5
   config.keep_checkpoints = 3
   return variant(config, arg)
+
+
+def solo_learn_lars(config: ml_collections.ConfigDict, *, learning_rate: float,
+                    weight_decay: float) -> None:
+  """solo-learn's CIFAR optimiser for BYOL, VICReg and Barlow Twins: LARS (eta 0.02, no weight
+  decay or trust ratio on biases and BatchNorm), 10 warm-up epochs, then cosine over 1000 epochs."""
+  config.num_epochs = 1000
+  config.optimizer.name = "lars"
+  config.optimizer.learning_rate = learning_rate
+  config.optimizer.weight_decay = weight_decay
+  config.optimizer.trust_coefficient = 0.02
+  config.optimizer.warmup_epochs = 10
 
 
 VARIANTS = ("smoke",)

@@ -255,7 +255,7 @@ def apply_view(images_uint8: jax.Array, params: Mapping[str, jax.Array], recipe:
   x = _color_jitter(x, params)
   grayscale = jnp.asarray(params["grayscale"], jnp.bool_)[:, None, None, None]
   x = jnp.where(grayscale, _grayscale(x), x)  # The luma broadcasts over the 3 channels.
-  return (x - jnp.asarray(recipe.mean, jnp.float32)) / jnp.asarray(recipe.std, jnp.float32)
+  return recipe.normalize(x, lambda values: jnp.asarray(values, jnp.float32))
 
 
 def random_view(key: jax.Array, images_uint8: jax.Array, recipe: AugmentRecipe,

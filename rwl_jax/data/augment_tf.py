@@ -257,7 +257,7 @@ def apply_view(images, params: dict[str, tf.Tensor], recipe: AugmentRecipe,
   x = _color_jitter(x, params)
   x = _apply_where(x, tf.cast(params["grayscale"], tf.bool),
                    lambda y: tf.tile(_grayscale(y), [1, 1, 1, 3]))
-  x = (x - tf.constant(recipe.mean, tf.float32)) / tf.constant(recipe.std, tf.float32)
+  x = recipe.normalize(x, lambda values: tf.constant(values, tf.float32))
   return tf.ensure_shape(x, [None, output_size, output_size, 3])
 
 

@@ -5,9 +5,9 @@ of the split, order.DataShards) once on each of its devices: a [devices, N, H, W
 one block per device. Each step then needs only the batch's indices from the host (the same
 seeded order as the tf.data path, relative to the process's range); every device gathers its rows
 from its own block (shard_map, no communication), and both augmentations (augment_jax, the same
-recipe and parameter laws as augment_tf) run inside the jitted step. Randomness is
-fold_in(key(seed), step) and then the view, so a resumed run draws the same views, and the values
-do not depend on the number of devices (partitionable threefry).
+recipe and parameter laws as augment_tf) run inside the jitted step. Each view draws from its own
+named stream of (seed, step) (rwl_jax.rng: 'view1', 'view2'), so a resumed run draws the same
+views, and the values do not depend on the number of devices (partitionable threefry).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec
 
-from rwl_jax import parallel
+from rwl_jax import parallel, rng
 from rwl_jax.data import augment_jax
 from rwl_jax.data.recipe import AugmentRecipe
 
@@ -51,17 +51,10 @@ def with_device_views(train_step: Callable, recipe: AugmentRecipe, *, seed: int,
                          in_specs=(data, data), out_specs=data)
 
   def step(state, images: jax.Array, indices: jax.Array):
-    key = jax.random.fold_in(jax.random.key(seed), state.step)
     batch = gather(images, indices)
-    views = {f"view{view + 1}": augment_jax.random_view(jax.random.fold_in(key, view), batch,
-                                                         recipe, image_size)
-             for view in (0, 1)}
+    views = {view: augment_jax.random_view(rng.stream_key(seed, state.step, view), batch, recipe,
+                                           image_size)
+             for view in ("view1", "view2")}
     return train_step(state, views)
 
   return step
-
-
-def compile_device_step(step: Callable, mesh: jax.sharding.Mesh) -> Callable:
-  replicated, sharded = parallel.replicated(mesh), parallel.data_sharded(mesh)
-  return jax.jit(step, in_shardings=(replicated, sharded, sharded),
-                 out_shardings=(replicated, replicated), donate_argnums=0)

@@ -2,7 +2,7 @@
 
 Order and augmentation are pure functions of (seed, epoch, step): the epoch's order comes from
 order.DataShards (seeded per shard), and each view's random parameters from a
-stateless TensorFlow seed built from (seed, global step, view). So a resumed run sees exactly
+stateless TensorFlow seed of the view's named stream (rng.tf_seed(seed, global step, 'view1'|'view2')). So a resumed run sees exactly
 the batches an uninterrupted one would, and the parameters of the whole global batch are drawn
 before a process takes its rows, so the split over processes does not change an image's view.
 TensorFlow runs on the host CPU only; batches leave as NumPy arrays.
@@ -17,6 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
+from rwl_jax import rng  # pylint: disable=g-import-not-at-top
 from rwl_jax.data import augment_tf  # pylint: disable=g-import-not-at-top
 from rwl_jax.data.order import DataShards  # pylint: disable=g-import-not-at-top
 from rwl_jax.data.recipe import AugmentRecipe  # pylint: disable=g-import-not-at-top
@@ -59,11 +60,12 @@ def train_batches(local_split: ArraySplit, *, shards: DataShards, global_batch_s
   def make_views(step, local_indices):
     batch = tf.gather(images, local_indices)
     views = {}
-    for view in (0, 1):
-      view_seed = tf.stack([tf.constant(seed, tf.int64), 2 * step + view])
+    for view in ("view1", "view2"):
+      view_seed = tf.stack([tf.constant(value, tf.int64) if isinstance(value, int) else value
+                            for value in rng.tf_seed(seed, step, view)])
       params = augment_tf.sample_view_params(view_seed, global_batch_size, (height, width), recipe)
       params = {name: value[rows] for name, value in params.items()}
-      views[f"view{view + 1}"] = augment_tf.apply_view(batch, params, recipe, height)
+      views[view] = augment_tf.apply_view(batch, params, recipe, height)
     views["label"] = tf.gather(labels, local_indices)
     return views
 

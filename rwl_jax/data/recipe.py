@@ -7,7 +7,7 @@ is stated once, in a config, and the two paths cannot drift apart in their param
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from rwl_jax.errors import ConfigError
 
@@ -74,6 +74,16 @@ class AugmentRecipe:
       raise ConfigError(f"augment.hue must be in [0, 0.5], got {self.hue}")
     if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
       raise ConfigError(f"augment.mean/std must be 3 values with std > 0, got {self.mean} / {self.std}")
+
+  def normalize(self, x01: Any, as_array: Callable[[Any], Any]) -> Any:
+    """(x - mean) / std per channel, for x in [0, 1] (the last step of every view and of the
+    evaluation images). as_array turns the mean and std into the framework's constants
+    (jnp.asarray, tf.constant), so the TensorFlow and JAX paths share this one formula."""
+    return (x01 - as_array(self.mean)) / as_array(self.std)
+
+  def as_config(self) -> dict[str, Any]:
+    """The recipe's fields as config values: the single source of a config's `augment` section."""
+    return dataclasses.asdict(self)
 
   @classmethod
   def from_config(cls, config: Mapping[str, Any]) -> "AugmentRecipe":

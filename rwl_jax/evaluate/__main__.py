@@ -1,18 +1,17 @@
 """Evaluate a saved run: `python -m rwl_jax.evaluate --workdir=DIR [--step=N] [--nolinear]`.
 
-Reads DIR/config.json and a checkpoint (default: the newest), computes the kNN and linear-probe
-top-1 on the test split, prints them and writes DIR/eval_step_N.json.
+Reads DIR/config.json and a checkpoint (default: the newest readable one), computes the kNN and
+linear-probe top-1 and top-5 on the test split, prints them and writes DIR/eval_step_N.json (from
+process 0 only; add --distributed on a multi-process job).
 """
 
 import json
-import sys
 
+import jax
 from absl import flags
 
 from rwl_jax import cli
-from rwl_jax.errors import ConfigError
-from rwl_jax.evaluate.run import load_run
-from rwl_jax.metrics import configure_logging
+from rwl_jax.evaluate.run import load_run, write_results
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training run's directory.", required=True)
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the newest).")
@@ -23,19 +22,15 @@ def evaluate_checkpoint(workdir: str, step: int | None = None, linear: bool = Tr
   run = load_run(workdir, step)
   results = run.evaluate(linear=linear)
   results.update(step=run.step, method=run.config.method)
-  (run.workdir / f"eval_step_{run.step}.json").write_text(json.dumps(results, indent=2))
+  write_results(run, results)
   return results
 
 
-def main(argv):
-  del argv
-  configure_logging()
-  try:
-    print(json.dumps(evaluate_checkpoint(_WORKDIR.value, _STEP.value, _LINEAR.value), indent=2))
-  except ConfigError as error:
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(2)
+def main():
+  results = evaluate_checkpoint(_WORKDIR.value, _STEP.value, _LINEAR.value)
+  if jax.process_index() == 0:
+    print(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":
-  cli.run(main)
+  cli.run(main, distributed=True)

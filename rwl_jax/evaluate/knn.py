@@ -27,12 +27,12 @@ from rwl_jax.errors import ConfigError
 from rwl_jax.losses import l2_normalize
 
 
-def _is_int(value) -> bool:
+def is_int(value) -> bool:
   return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
-def _is_real(value) -> bool:
-  return _is_int(value) or isinstance(value, (float, np.floating))
+def is_real(value) -> bool:
+  return is_int(value) or isinstance(value, (float, np.floating))
 
 
 def check_features_and_labels(caller: str, train_features, train_labels, test_features,
@@ -58,7 +58,7 @@ def check_features_and_labels(caller: str, train_features, train_labels, test_fe
   def fail(message: str):
     raise ConfigError(f"{caller}: {message}")
 
-  if not _is_int(num_classes) or num_classes < 1:
+  if not is_int(num_classes) or num_classes < 1:
     fail(f"num_classes must be an int >= 1, got {num_classes!r}")
   arrays = {}
   for name, value in (("train_features", train_features), ("test_features", test_features)):
@@ -98,8 +98,8 @@ def check_features_and_labels(caller: str, train_features, train_labels, test_fe
 @functools.partial(jax.jit, static_argnames=("num_classes", "k", "chunk_size"))
 def _knn_chunks(train_features: jax.Array, train_labels: jax.Array, test_features: jax.Array,
                 test_labels: jax.Array, temperature: jax.Array, *, num_classes: int, k: int,
-                chunk_size: int) -> tuple[jax.Array, jax.Array]:
-  """(predictions of the padded test rows, number of correct real rows), chunk by chunk.
+                chunk_size: int) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+  """(predictions of the padded test rows, (top-1, top-5 correct real rows)), chunk by chunk.
 
   temperature is traced, so sweeping it does not recompile; k and the chunk size fix shapes.
   """
@@ -127,32 +127,36 @@ def _knn_chunks(train_features: jax.Array, train_labels: jax.Array, test_feature
     scores = scores.at[rows, train_labels[top_index]].add(weights)
     predictions = jnp.argmax(scores, axis=-1).astype(jnp.int32)
     correct = jnp.sum((predictions == query_labels) & query_valid)
-    return predictions, correct
+    # Top-5 (top-C with fewer classes): the label among the best-scored classes. top_k breaks
+    # ties toward the smaller class id, as argmax does, so top-1 is its first column.
+    _, best = jax.lax.top_k(scores, min(5, num_classes))
+    correct_top5 = jnp.sum(jnp.any(best == query_labels[:, None], axis=-1) & query_valid)
+    return predictions, (correct, correct_top5)
 
   # lax.map runs the chunks one after another, so peak memory stays O(chunk_size * N_train).
-  predictions, correct = jax.lax.map(
+  predictions, (correct, correct_top5) = jax.lax.map(
       one_chunk, (test.reshape(num_chunks, chunk_size, -1),
                   labels.reshape(num_chunks, chunk_size), valid.reshape(num_chunks, chunk_size)))
-  return predictions.reshape(-1), jnp.sum(correct)
+  return predictions.reshape(-1), (jnp.sum(correct), jnp.sum(correct_top5))
 
 
 def _run(caller, train_features, train_labels, test_features, test_labels, num_classes, k,
          temperature, chunk_size):
-  if not _is_int(k) or k < 1:
+  if not is_int(k) or k < 1:
     raise ConfigError(f"{caller}: k must be an int >= 1, got {k!r}")
-  if not _is_real(temperature) or not temperature > 0:
+  if not is_real(temperature) or not temperature > 0:
     raise ConfigError(f"{caller}: temperature must be a number > 0, got {temperature!r}")
-  if not _is_int(chunk_size) or chunk_size < 1:
+  if not is_int(chunk_size) or chunk_size < 1:
     raise ConfigError(f"{caller}: chunk_size must be an int >= 1, got {chunk_size!r}")
   train_x, train_y, test_x, test_y = check_features_and_labels(
       caller, train_features, train_labels, test_features, test_labels, num_classes)
   num_test = test_x.shape[0]
-  predictions, correct = _knn_chunks(
+  predictions, (correct, correct_top5) = _knn_chunks(
       train_x, jnp.asarray(train_y), test_x, jnp.asarray(test_y),
       jnp.float32(temperature), num_classes=num_classes, k=min(k, train_x.shape[0]),
       # Never pad a small test set up to a large chunk.
       chunk_size=min(chunk_size, num_test))
-  return predictions[:num_test], int(correct), num_test
+  return predictions[:num_test], (int(correct), int(correct_top5)), num_test
 
 
 def knn_predict(train_features, train_labels, test_features, *, num_classes: int, k: int = 200,
@@ -205,6 +209,17 @@ def knn_top1(train_features, train_labels, test_features, test_labels, *, num_cl
   Raises:
     ValueError (ConfigError) with a one-line message on invalid input.
   """
-  _, correct, num_test = _run("knn_top1", train_features, train_labels, test_features,
-                              test_labels, num_classes, k, temperature, chunk_size)
+  _, (correct, _), num_test = _run("knn_top1", train_features, train_labels, test_features,
+                                   test_labels, num_classes, k, temperature, chunk_size)
   return correct / num_test
+
+
+def knn_accuracy(train_features, train_labels, test_features, test_labels, *, num_classes: int,
+                 k: int = 200, temperature: float = 0.1,
+                 chunk_size: int = 1024) -> dict[str, float]:
+  """{'top1', 'top5'}: weighted-kNN accuracies (knn_top1's rule; top-5 counts a test row correct
+  when its label is among the 5 best-scored classes, all of them when there are fewer)."""
+  _, (correct, correct_top5), num_test = _run(
+      "knn_accuracy", train_features, train_labels, test_features, test_labels, num_classes, k,
+      temperature, chunk_size)
+  return {"top1": correct / num_test, "top5": correct_top5 / num_test}

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import optax
 
 from rwl_jax.errors import ConfigError
-from rwl_jax.evaluate.knn import _is_int, _is_real, check_features_and_labels
+from rwl_jax.evaluate.knn import check_features_and_labels, is_int, is_real
 
 _MOMENTUM = 0.9
 
@@ -98,9 +98,11 @@ def _train(features: jax.Array, labels: jax.Array, key: jax.Array, learning_rate
 
 
 @jax.jit
-def _count_correct(params, features, labels) -> jax.Array:
-  predictions = jnp.argmax(features @ params["w"] + params["b"], axis=-1)
-  return jnp.sum(predictions == labels)
+def _count_correct(params, features, labels) -> tuple[jax.Array, jax.Array]:
+  """(top-1, top-5) correct rows; top_k breaks ties toward the smaller class, as argmax does."""
+  logits = features @ params["w"] + params["b"]
+  _, best = jax.lax.top_k(logits, min(5, logits.shape[-1]))
+  return jnp.sum(best[:, 0] == labels), jnp.sum(jnp.any(best == labels[:, None], axis=-1))
 
 
 def linear_probe_top1(train_features, train_labels, test_features, test_labels, *,
@@ -108,6 +110,20 @@ def linear_probe_top1(train_features, train_labels, test_features, test_labels, 
                       learning_rate: float = 0.1, weight_decay: float = 0.0,
                       seed: int = 0) -> float:
   """Test top-1 accuracy of a softmax regression trained on standardised frozen features.
+
+  linear_probe_accuracy(...)["top1"]; see there.
+  """
+  return _probe_accuracy("linear_probe_top1", train_features, train_labels, test_features,
+                         test_labels, num_classes=num_classes, epochs=epochs,
+                         batch_size=batch_size, learning_rate=learning_rate,
+                         weight_decay=weight_decay, seed=seed)["top1"]
+
+
+def linear_probe_accuracy(train_features, train_labels, test_features, test_labels, *,
+                          num_classes: int, epochs: int = 100, batch_size: int = 1024,
+                          learning_rate: float = 0.1, weight_decay: float = 0.0,
+                          seed: int = 0) -> dict[str, float]:
+  """{'top1', 'top5'} test accuracies of a softmax regression on standardised frozen features.
 
   x' = (x - mu_train) / sigma_train; logits = x' W + b; minimise the mean softmax cross-entropy
   + (wd / 2) ||W||^2 with SGD (momentum 0.9, cosine-decayed lr) over shuffled minibatches; return
@@ -126,21 +142,28 @@ def linear_probe_top1(train_features, train_labels, test_features, test_labels, 
     seed: seeds the shuffling; the result is deterministic for a fixed seed.
 
   Returns:
-    The top-1 accuracy as a Python float in [0, 1].
+    {'top1', 'top5'}: Python floats in [0, 1] (top-5: the label among the 5 largest logits).
 
   Raises:
     ValueError (ConfigError) with a one-line message on invalid input.
   """
-  caller = "linear_probe_top1"
-  if not _is_int(epochs) or epochs < 1:
+  return _probe_accuracy("linear_probe_accuracy", train_features, train_labels, test_features,
+                         test_labels, num_classes=num_classes, epochs=epochs,
+                         batch_size=batch_size, learning_rate=learning_rate,
+                         weight_decay=weight_decay, seed=seed)
+
+
+def _probe_accuracy(caller, train_features, train_labels, test_features, test_labels, *,
+                    num_classes, epochs, batch_size, learning_rate, weight_decay, seed):
+  if not is_int(epochs) or epochs < 1:
     raise ConfigError(f"{caller}: epochs must be an int >= 1, got {epochs!r}")
-  if not _is_int(batch_size) or batch_size < 1:
+  if not is_int(batch_size) or batch_size < 1:
     raise ConfigError(f"{caller}: batch_size must be an int >= 1, got {batch_size!r}")
-  if not _is_real(learning_rate) or not learning_rate > 0:
+  if not is_real(learning_rate) or not learning_rate > 0:
     raise ConfigError(f"{caller}: learning_rate must be a number > 0, got {learning_rate!r}")
-  if not _is_real(weight_decay) or not weight_decay >= 0:
+  if not is_real(weight_decay) or not weight_decay >= 0:
     raise ConfigError(f"{caller}: weight_decay must be a number >= 0, got {weight_decay!r}")
-  if not _is_int(seed):
+  if not is_int(seed):
     raise ConfigError(f"{caller}: seed must be an int, got {seed!r}")
   train_x, train_y, test_x, test_y = check_features_and_labels(
       caller, train_features, train_labels, test_features, test_labels, num_classes)
@@ -149,5 +172,5 @@ def linear_probe_top1(train_features, train_labels, test_features, test_labels, 
                   jnp.float32(learning_rate), jnp.float32(weight_decay),
                   num_classes=num_classes, epochs=epochs,
                   batch_size=min(batch_size, train_x.shape[0]))
-  correct = _count_correct(params, (test_x - mean) * inv_std, jnp.asarray(test_y))
-  return float(correct) / test_x.shape[0]
+  correct, correct_top5 = _count_correct(params, (test_x - mean) * inv_std, jnp.asarray(test_y))
+  return {"top1": float(correct) / test_x.shape[0], "top5": float(correct_top5) / test_x.shape[0]}

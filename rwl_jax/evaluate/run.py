@@ -3,7 +3,8 @@
   run = load_run("runs/rwl")            # the newest checkpoint
   features, labels = run.features("test")
 
-Used by `python -m rwl_jax.evaluate` and the Colab notebook's representation plot.
+Used by `python -m rwl_jax.evaluate` and the Colab notebook's representation plot. The run is
+rebuilt through the same experiment builder as training, so it restores into the same state.
 """
 
 from __future__ import annotations
@@ -16,9 +17,13 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from rwl_jax import parallel, paths, train
+from rwl_jax import experiment as experiment_lib
+from rwl_jax import parallel, paths
 from rwl_jax.checkpoint import Checkpointer
+from rwl_jax.data import inputs
 from rwl_jax.errors import ConfigError
+from rwl_jax.evaluate.evaluators import FeatureExtractor, build_evaluators, run_evaluators
+from rwl_jax.step import TrainState
 
 
 @dataclasses.dataclass
@@ -28,39 +33,63 @@ class Run:
   workdir: epath.Path
   step: int
   config: ml_collections.ConfigDict
-  data: train.ProcessData
-  mesh: jax.sharding.Mesh
-  defs: train.ModelDefs
-  state: train.TrainState
+  data: inputs.ProcessData
+  experiment: experiment_lib.Experiment
+  state: TrainState
+
+  @property
+  def extractor(self) -> FeatureExtractor:
+    return FeatureExtractor(self.experiment, self.data)
 
   def evaluate(self, linear: bool = True) -> dict[str, float]:
-    return train.evaluate(self.config, self.defs, self.state, self.data, self.mesh, linear=linear)
+    """kNN (and linear-probe) top-1 and top-5 on the test split, from frozen encoder features."""
+    evaluators = build_evaluators(self.config, num_classes=len(self.data.class_names))
+    if not linear:
+      evaluators = [e for e in evaluators if e.name != "linear"]
+    return run_evaluators(evaluators, self.extractor, self.state)
 
   def features(self, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
     """([N, D] frozen encoder features, [N] labels) of the 'train' or 'test' split."""
-    return train.encoder_features(self.config, self.defs, self.state, self.data, self.mesh,
-                                  (split,))[split]
+    if split not in ("train", "test"):
+      raise ConfigError(f"features are for the 'train' and 'test' splits, got {split!r}")
+    return self.extractor.split(self.state, split)
 
 
 def load_run(workdir: epath.PathLike, step: int | None = None) -> Run:
-  """Reads workdir/config.json and restores checkpoint `step` (default: the newest)."""
+  """Reads workdir/config.json and restores checkpoint `step` (default: the newest readable)."""
   workdir = paths.workdir(workdir)
   config_path = workdir / "config.json"
   if not config_path.is_file():
     raise ConfigError(f"{config_path} not found: --workdir must be a directory a training run wrote")
   config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
-  data = train.load_data(config)
-  mesh = parallel.make_mesh()
-  tx, _ = train.create_optimizer(
-      config, max(1, data.train_shards.steps_per_epoch(config.global_batch_size)))
-  defs, state = train.create_train_state(config, tx, mesh)
+  data = inputs.load_data(config)
+  experiment = experiment_lib.build(
+      config, parallel.make_mesh(),
+      steps_per_epoch=data.steps_per_epoch(config.global_batch_size))
   checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
   try:
-    steps = checkpointer.all_steps()
-    step = checkpointer.latest_step() if step is None else step
-    if step is None or step not in steps:
-      raise ConfigError(f"no checkpoint at step {step} in {checkpointer.directory} (have {steps})")
-    state = checkpointer.restore(step, state)
+    if step is None:
+      step, state = checkpointer.restore_newest_readable(experiment.init_state())
+      if step is None:
+        raise ConfigError(f"no readable checkpoint in {checkpointer.directory}")
+    else:
+      steps = checkpointer.all_steps()
+      if step not in steps:
+        raise ConfigError(f"no checkpoint at step {step} in {checkpointer.directory} "
+                          f"(have {steps})")
+      state = checkpointer.restore(step, experiment.init_state())
   finally:
     checkpointer.close()
-  return Run(workdir, step, config, data, mesh, defs, state)
+  return Run(workdir, step, config, data, experiment, state)
+
+
+def write_results(run: Run, results: dict) -> epath.Path:
+  """Writes run.workdir/eval_step_N.json from process 0 only; returns its path."""
+  path = run.workdir / f"eval_step_{run.step}.json"
+  if jax.process_index() == 0:
+    try:
+      path.write_text(json.dumps(results, indent=2))
+    except OSError as error:
+      raise ConfigError(f"the results could not be written to {path} ({error}); they were: "
+                        f"{json.dumps(results)}") from None
+  return path

@@ -25,6 +25,7 @@ from rwl_jax.losses.predictive import (
 )
 from rwl_jax.losses.redundancy import (
     barlow_twins_loss,
+    barlow_twins_terms,
     vicreg_loss,
     vicreg_terms,
 )

@@ -124,6 +124,27 @@ def vicreg_loss(z1: chex.Array, z2: chex.Array, *, sim_coeff: float = 25.0,
           + cov_coeff * terms["covariance"])
 
 
+def barlow_twins_terms(z1: chex.Array, z2: chex.Array, *,
+                       epsilon: float = 1e-5) -> dict[str, chex.Array]:
+  """Barlow Twins' two parts: on_diagonal = sum_k (1 - C_kk)^2, off_diagonal = sum_{k != l} C_kl^2.
+
+  C is the cross-correlation of barlow_twins_loss (see there); the loss is
+  on_diagonal + lambd * off_diagonal.
+  """
+  _check_views(z1, z2)
+  _check_positive(epsilon=epsilon)
+
+  def standardise(z):
+    z = z.astype(jnp.float32)
+    centered = z - jnp.mean(z, axis=0)
+    return centered * jax.lax.rsqrt(jnp.mean(jnp.square(centered), axis=0) + epsilon)
+
+  c = jnp.matmul(standardise(z1).T, standardise(z2),
+                 precision=jax.lax.Precision.HIGHEST) / z1.shape[0]
+  return {"on_diagonal": jnp.sum(jnp.square(1.0 - jnp.diagonal(c))),
+          "off_diagonal": _off_diagonal_square_sum(c)}
+
+
 def barlow_twins_loss(z1: chex.Array, z2: chex.Array, *, lambd: float = 0.0051,
                       epsilon: float = 1e-5) -> chex.Array:
   """Barlow Twins (Zbontar et al. 2021): sum_k (1 - C_kk)^2 + lambd * sum_{k != l} C_kl^2.
@@ -146,16 +167,6 @@ def barlow_twins_loss(z1: chex.Array, z2: chex.Array, *, lambd: float = 0.0051,
   Returns:
     A float32 scalar.
   """
-  _check_views(z1, z2)
   _check_non_negative(lambd=lambd)
-  _check_positive(epsilon=epsilon)
-
-  def standardise(z):
-    z = z.astype(jnp.float32)
-    centered = z - jnp.mean(z, axis=0)
-    return centered * jax.lax.rsqrt(jnp.mean(jnp.square(centered), axis=0) + epsilon)
-
-  c = jnp.matmul(standardise(z1).T, standardise(z2),
-                 precision=jax.lax.Precision.HIGHEST) / z1.shape[0]
-  on_diagonal = jnp.sum(jnp.square(1.0 - jnp.diagonal(c)))
-  return on_diagonal + lambd * _off_diagonal_square_sum(c)
+  terms = barlow_twins_terms(z1, z2, epsilon=epsilon)
+  return terms["on_diagonal"] + lambd * terms["off_diagonal"]

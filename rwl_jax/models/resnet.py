@@ -1,8 +1,10 @@
 """CIFAR ResNets in Flax NNX: 3x3 stride-1 stem, no max-pool (He et al. 2016, CIFAR variant).
 
 ResNet-18/34 use basic blocks, ResNet-50 bottlenecks; the output is the globally average-pooled
-feature (512-d for ResNet-18/34, 2048-d for ResNet-50). BatchNorm normalises over every example
-of the batch it sees; under jit with the batch sharded over devices that is the global batch.
+feature (512-d for ResNet-18/34, 2048-d for ResNet-50). 3x3 convolutions pad one pixel on every
+side whatever their stride, as PyTorch's Conv2d(k=3, p=1) does, so weights port both ways.
+BatchNorm normalises over every example of the batch it sees; under jit with the batch sharded
+over devices that is the global batch.
 """
 
 from __future__ import annotations
@@ -26,9 +28,13 @@ def _batch_norm(features: int, dtype: Any, rngs: nnx.Rngs) -> nnx.BatchNorm:
 
 def _conv(in_features: int, out_features: int, kernel: int, stride: int, dtype: Any,
           rngs: nnx.Rngs) -> nnx.Conv:
-  padding = "SAME" if kernel == 3 else "VALID"
-  return nnx.Conv(in_features, out_features, (kernel, kernel), strides=stride, padding=padding,
-                  use_bias=False, kernel_init=_conv_init, dtype=dtype, rngs=rngs)
+  # PyTorch's padding=kernel//2 on every side. Not "SAME": for stride 2 on an even input XLA's
+  # SAME pads (0, 1), which shifts every downsampled map by half a pixel relative to the
+  # reference code (torch.nn.Conv2d(k=3, s=2, p=1)) and makes weights non-portable.
+  pad = kernel // 2
+  return nnx.Conv(in_features, out_features, (kernel, kernel), strides=stride,
+                  padding=((pad, pad), (pad, pad)), use_bias=False, kernel_init=_conv_init,
+                  dtype=dtype, rngs=rngs)
 
 
 def _shortcut(in_features: int, out_features: int, stride: int, dtype: Any,

@@ -1,0 +1,129 @@
+"""What a run reads: this process's shards of the splits, the train step's inputs, the probe batch.
+
+    data = load_data(config)                                     # uint8 arrays, this process's rows
+    inputs = train_inputs(config, data, mesh, first_step=step)   # epoch_inputs + abstract inputs
+
+'host': tf.data makes the two views on the CPU and each step receives them; one pipeline for the
+whole run, so its prefetching carries over epoch boundaries. 'device': this process's uint8
+examples live on its devices and each step receives only the batch's indices; the same epoch
+order, views made in JAX inside the step (device_pipeline).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Iterator
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from rwl_jax import parallel
+from rwl_jax.data import device_pipeline, order, sources
+from rwl_jax.data.recipe import AugmentRecipe
+from rwl_jax.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessData:
+  """This process's examples of the train and eval splits, and how each split is sharded."""
+
+  train: sources.ArraySplit
+  test: sources.ArraySplit
+  train_shards: order.DataShards
+  test_shards: order.DataShards
+
+  @property
+  def class_names(self) -> tuple[str, ...]:
+    return self.train.class_names
+
+  def steps_per_epoch(self, global_batch_size: int) -> int:
+    """Full global batches per epoch; ConfigError when there is not even one."""
+    steps = self.train_shards.steps_per_epoch(global_batch_size)
+    if steps < 1:
+      shards = self.train_shards.num_shards
+      raise ConfigError(f"global_batch_size={global_batch_size} is larger than the "
+                        f"{self.train_shards.num_examples} training images"
+                        + (f" ({shards} shards)" if shards > 1 else ""))
+    return steps
+
+
+def load_data(config: ml_collections.ConfigDict) -> ProcessData:
+  """Reads only this process's shards of the train and eval splits (order.DataShards)."""
+  data = config.data
+  train_source = sources.open_split(data, data.train_split, data.max_train_examples)
+  test_source = sources.open_split(data, data.eval_split, data.max_eval_examples)
+  if train_source.class_names != test_source.class_names:
+    raise ConfigError(f"the {data.train_split!r} and {data.eval_split!r} splits have different "
+                      f"classes: {train_source.class_names} vs {test_source.class_names}")
+  train_shards, test_shards = (
+      order.data_shards(source.num_examples, data.num_shards, jax.process_index(),
+                        jax.process_count()) for source in (train_source, test_source))
+  for name, shards in (("train", train_shards), ("test", test_shards)):
+    logging.info("process %d of %d reads %s examples [%d, %d) of %d", jax.process_index(),
+                 jax.process_count(), name, *shards.process_range(), shards.num_examples)
+  return ProcessData(train=train_source.read(*train_shards.process_range()),
+                     test=test_source.read(*test_shards.process_range()),
+                     train_shards=train_shards, test_shards=test_shards)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainInputs:
+  """epoch_inputs(epoch, start) iterates over the step's inputs (after the state) for the steps
+  [start, steps_per_epoch) of that epoch; abstract: their shapes and shardings, for compiling."""
+
+  epoch_inputs: Callable[[int, int], Iterator[tuple[Any, ...]]]
+  abstract: tuple[Any, ...]
+
+
+def train_inputs(config: ml_collections.ConfigDict, data: ProcessData, mesh: jax.sharding.Mesh,
+                 *, first_step: int) -> TrainInputs:
+  """The inputs of the config's step path, from first_step (a resumed run's step) on; the loop
+  asks for the epochs in order."""
+  batch_size = config.global_batch_size
+  steps_per_epoch = data.steps_per_epoch(batch_size)
+  sharded = parallel.data_sharded(mesh)
+  if config.data.augment_on == "host":
+    from rwl_jax.data import pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow)
+
+    batches = pipeline.train_batches(  # a generator: nothing runs until the first batch
+        data.train, shards=data.train_shards, global_batch_size=batch_size,
+        recipe=AugmentRecipe.from_config(config.augment), seed=config.seed,
+        first_step=first_step, last_step=steps_per_epoch * config.num_epochs,
+        prefetch=config.data.prefetch_batches)
+
+    def host_inputs(epoch: int, start_step: int):
+      for _ in range(start_step, steps_per_epoch):
+        batch = next(batches)
+        yield (parallel.to_global({"view1": batch["view1"], "view2": batch["view2"]}, mesh),)
+
+    size = config.data.image_size
+    view = jax.ShapeDtypeStruct((batch_size, size, size, 3), np.float32, sharding=sharded)
+    return TrainInputs(host_inputs, ({"view1": view, "view2": view},))
+
+  images = device_pipeline.put_dataset(data.train.images, mesh,
+                                       data.train_shards.max_process_examples)
+
+  def device_inputs(epoch: int, start_step: int):
+    indices = data.train_shards.local_epoch_order(batch_size, config.seed, epoch)
+    for local_indices in indices[start_step:]:
+      yield images, parallel.to_global(local_indices.astype(np.int32), mesh)
+
+  return TrainInputs(device_inputs, (
+      images, jax.ShapeDtypeStruct((batch_size,), np.int32, sharding=sharded)))
+
+
+def probe_images(data: ProcessData, probe_batch_size: int, mesh: jax.sharding.Mesh) -> jax.Array:
+  """The fixed probe batch: uint8 train images, data-sharded, each process giving its first
+  rows (the same images every log step and after a resume). The size is rounded down to a
+  multiple of the device count and capped by what the processes hold."""
+  devices = mesh.devices.size
+  per_process_cap = min(len(data.train), data.train_shards.max_process_examples)
+  size = min(probe_batch_size, per_process_cap * jax.process_count())
+  size -= size % devices
+  if size < 2 * devices:
+    raise ConfigError(f"eval.probe_batch_size={probe_batch_size} leaves fewer than 2 images per "
+                      f"device on {devices} devices; use a multiple of {devices} or 0 (off)")
+  local = size // jax.process_count()
+  return parallel.to_global(np.ascontiguousarray(data.train.images[:local]), mesh)

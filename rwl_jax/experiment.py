@@ -1,0 +1,235 @@
+"""The experiment: everything a run computes with, built once from (config, mesh, data sizes).
+
+    experiment = build(config, mesh, steps_per_epoch=...)
+    state = experiment.init_state()
+    step = experiment.compile_step(state, *inputs)          # ahead of time, timed
+
+It owns the model definitions, the optimiser and its schedule, the method, the shardings, the
+initial state, the pure step and its jitted form (host views or device views), the one feature
+function every evaluator shares, and the probe-batch diagnostics. `train`, `benchmark`, `memory`,
+`evaluate` and the tests all build through it; nothing else constructs a step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+
+from rwl_jax import diagnostics, methods, models, parallel, rng
+from rwl_jax.data import augment_jax, device_pipeline
+from rwl_jax.data.recipe import AugmentRecipe
+from rwl_jax.errors import ConfigError
+from rwl_jax.step import ModelDefs, TrainState, make_train_step
+
+AUGMENT_ON = ("host", "device")
+
+
+def _positive_int(value: Any) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Checks the values a run depends on, evaluation included, before any work starts; raises
+  ConfigError with one line naming the problem."""
+  methods.validate(config)
+  if not _positive_int(config.num_epochs):
+    raise ConfigError(f"num_epochs must be a positive integer, got {config.num_epochs}")
+  if not (isinstance(config.global_batch_size, int) and config.global_batch_size >= 2):
+    raise ConfigError(f"global_batch_size must be >= 2 (pairs need negatives) and an integer, "
+                      f"got {config.global_batch_size!r}")
+  if not config.optimizer.learning_rate > 0:
+    raise ConfigError(f"optimizer.learning_rate must be > 0, got {config.optimizer.learning_rate}")
+  if config.optimizer.name not in ("sgd", "lars"):
+    raise ConfigError(f"unknown optimizer.name {config.optimizer.name!r}; choose 'sgd' or 'lars'")
+  if not 0 <= config.optimizer.warmup_epochs < config.num_epochs:
+    raise ConfigError(f"optimizer.warmup_epochs must be in [0, num_epochs), got "
+                      f"{config.optimizer.warmup_epochs}")
+  for name in ("log_every_steps", "checkpoint_every_epochs", "keep_checkpoints"):
+    if not _positive_int(config[name]):
+      raise ConfigError(f"{name} must be an integer >= 1, got {config[name]!r}")
+  if config.data.augment_on not in AUGMENT_ON:
+    raise ConfigError(f"data.augment_on must be 'host' (tf.data) or 'device' (JAX), got "
+                      f"{config.data.augment_on!r}")
+  if not (isinstance(config.data.num_shards, int) and config.data.num_shards >= 0):
+    raise ConfigError(f"data.num_shards must be an integer >= 0 (0 = one per process), got "
+                      f"{config.data.num_shards!r}")
+  evaluation = config.eval
+  for name in ("batch_size", "knn_k", "linear_epochs", "linear_batch_size"):
+    if not _positive_int(evaluation[name]):
+      raise ConfigError(f"eval.{name} must be an integer >= 1, got {evaluation[name]!r}")
+  for name in ("knn_every_epochs", "linear_every_epochs", "probe_batch_size"):
+    if not (isinstance(evaluation[name], int) and evaluation[name] >= 0):
+      raise ConfigError(f"eval.{name} must be an integer >= 0 (0 = off), got {evaluation[name]!r}")
+  for name in ("knn_temperature", "linear_learning_rate"):
+    if not evaluation[name] > 0:
+      raise ConfigError(f"eval.{name} must be > 0, got {evaluation[name]!r}")
+  if not evaluation.linear_weight_decay >= 0:
+    raise ConfigError(f"eval.linear_weight_decay must be >= 0, got "
+                      f"{evaluation.linear_weight_decay!r}")
+  if not (isinstance(config.profile.start_step, int) and config.profile.start_step >= 0
+          and _positive_int(config.profile.num_steps)):
+    raise ConfigError(f"profile.start_step must be >= 0 (0 = off) and profile.num_steps >= 1, got "
+                      f"{config.profile.start_step}, {config.profile.num_steps}")
+  AugmentRecipe.from_config(config.augment)
+  models.compute_dtype(config.model.dtype)
+
+
+def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
+  """SGD (momentum, weight decay on every parameter, as torch.optim.SGD) or LARS; warmup+cosine."""
+  opt = config.optimizer
+  total_steps = steps_per_epoch * config.num_epochs
+  warmup_steps = int(round(opt.warmup_epochs * steps_per_epoch))
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0 if warmup_steps else opt.learning_rate, peak_value=opt.learning_rate,
+      warmup_steps=warmup_steps, decay_steps=total_steps,
+      end_value=opt.learning_rate * opt.final_lr_fraction)
+  if opt.name == "sgd":
+    tx = optax.chain(optax.add_decayed_weights(opt.weight_decay),
+                     optax.sgd(schedule, momentum=opt.momentum, nesterov=opt.nesterov))
+  else:
+    # LARS convention: no weight decay or trust ratio on biases and BatchNorm parameters.
+    matrices_only = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+    tx = optax.lars(schedule, weight_decay=opt.weight_decay, weight_decay_mask=matrices_only,
+                    trust_coefficient=opt.trust_coefficient, trust_ratio_mask=matrices_only,
+                    momentum=opt.momentum, nesterov=opt.nesterov)
+  return tx, schedule
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  """The built experiment (see the module docstring). Fields are read-only; build() makes one."""
+
+  config: ml_collections.ConfigDict
+  mesh: jax.sharding.Mesh
+  method: methods.Method
+  recipe: AugmentRecipe
+  defs: ModelDefs
+  tx: optax.GradientTransformation
+  schedule: optax.Schedule
+  steps_per_epoch: int
+  num_steps: int
+  train_step: Callable  # the pure step on ready-made views: (state, {'view1', 'view2'})
+  jitted_step: Callable  # jit of the step the config's input path feeds (host or device views)
+  features: Callable  # jit((params, batch_stats, uint8 images, rows)) -> (features, rows)
+  probe: Callable  # jit((params, batch_stats, uint8 images)) -> {diagnostic: value}
+  _init: Callable = dataclasses.field(repr=False)
+
+  @property
+  def replicated(self) -> jax.sharding.NamedSharding:
+    return parallel.replicated(self.mesh)
+
+  @property
+  def data_sharded(self) -> jax.sharding.NamedSharding:
+    return parallel.data_sharded(self.mesh)
+
+  def init_state(self) -> TrainState:
+    """The initial state, created directly into replicated device memory."""
+    return self._init()
+
+  def abstract_state(self) -> TrainState:
+    """The state's shapes, dtypes and shardings, with nothing allocated (restore targets)."""
+    return jax.eval_shape(self._init)
+
+  def host_inputs_spec(self) -> tuple[dict[str, jax.ShapeDtypeStruct]]:
+    """The abstract inputs of the host-views step: float32 views [B, S, S, 3], data-sharded."""
+    size = self.config.data.image_size
+    view = jax.ShapeDtypeStruct((self.config.global_batch_size, size, size, 3), jnp.float32,
+                                sharding=self.data_sharded)
+    return ({"view1": view, "view2": view},)
+
+  def compile_step(self, state: Any, *inputs: Any) -> tuple[Callable, float]:
+    """(the step compiled ahead of time for these (abstract or real) inputs, seconds taken).
+
+    Compiling before the loop keeps compilation out of every timed window, and a compiled step
+    refuses inputs of another shape or sharding instead of silently recompiling.
+    """
+    start = time.perf_counter()
+    compiled = self.jitted_step.lower(state, *inputs).compile()
+    return compiled, time.perf_counter() - start
+
+  def learning_rate(self, step: int) -> float:
+    """The learning rate the step numbered `step` (1-based, as logged) used."""
+    return float(self.schedule(step - 1))
+
+
+def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *,
+          steps_per_epoch: int) -> Experiment:
+  """Builds the experiment of a validated config on `mesh` for a split of steps_per_epoch batches."""
+  if steps_per_epoch < 1:
+    raise ConfigError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
+  parallel.check_batch_divisible(config.global_batch_size, mesh)
+  recipe = AugmentRecipe.from_config(config.augment)
+  method = methods.get(config, mesh)
+  tx, schedule = create_optimizer(config, steps_per_epoch)
+  num_steps = steps_per_epoch * config.num_epochs
+  replicated, sharded = parallel.replicated(mesh), parallel.data_sharded(mesh)
+
+  build_network = lambda: models.build_network(config.model, seed=config.seed,
+                                               predictor=method.predictor)
+  abstract_model = nnx.eval_shape(build_network)
+  train_def = nnx.split(abstract_model, nnx.Param, nnx.BatchStat)[0]
+  abstract_model.eval()  # BatchNorm uses its running statistics in evaluation.
+  eval_def = nnx.split(abstract_model, nnx.Param, nnx.BatchStat)[0]
+  defs = ModelDefs(train=train_def, eval=eval_def)
+
+  def init() -> TrainState:
+    # A method with an EMA target starts it as an exact copy of the online network (BYOL).
+    _, params, batch_stats = nnx.split(build_network(), nnx.Param, nnx.BatchStat)
+    if method.ema_target:
+      target_params, target_batch_stats = jax.tree.map(jnp.copy, (params, batch_stats))
+    else:
+      target_params, target_batch_stats = nnx.State({}), nnx.State({})
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                      opt_state=tx.init(params), target_params=target_params,
+                      target_batch_stats=target_batch_stats)
+
+  train_step = make_train_step(defs, tx, method, seed=config.seed, total_steps=num_steps)
+  if config.data.augment_on == "device":
+    # Inputs (state, uint8 images on every device, the batch's indices): views made in the step.
+    step = device_pipeline.with_device_views(train_step, recipe, seed=config.seed,
+                                             image_size=config.data.image_size, mesh=mesh)
+    in_shardings = (replicated, sharded, sharded)
+  else:
+    step, in_shardings = train_step, (replicated, sharded)
+  jitted_step = jax.jit(step, in_shardings=in_shardings, out_shardings=(replicated, replicated),
+                        donate_argnums=0)
+
+  def features(params, batch_stats, images, rows):
+    """Frozen encoder features of uint8 images (eval-mode BatchNorm), and the rows' other arrays
+    (labels, mask, positions), replicated so every process gets the rows all processes fed."""
+    model = nnx.merge(eval_def, params, batch_stats)
+    x = recipe.normalize(images.astype(jnp.float32) / 255.0,
+                         lambda values: jnp.asarray(values, jnp.float32))
+    return model.encoder(x).astype(jnp.float32), rows
+
+  temperature = float(config.temperature)
+
+  def probe(params, batch_stats, images):
+    """The diagnostics of rwl_jax.diagnostics on a fixed probe batch: two views of the same
+    images from the 'probe' stream at step 0 (so only the network changes between log steps),
+    a train-mode forward pass as the loss sees it, BatchNorm's updates discarded."""
+    key = rng.stream_key(config.seed, 0, "probe")
+    view1, view2 = (augment_jax.random_view(jax.random.fold_in(key, view), images, recipe,
+                                            config.data.image_size) for view in (1, 2))
+    model = nnx.merge(train_def, params, batch_stats)
+    features, projections = model(jnp.concatenate([view1, view2]))
+    z1, z2 = jnp.split(projections.astype(jnp.float32), 2)
+    return diagnostics.probe_diagnostics(features.astype(jnp.float32), z1, z2, temperature)
+
+  return Experiment(
+      config=config, mesh=mesh, method=method, recipe=recipe, defs=defs, tx=tx,
+      schedule=schedule, steps_per_epoch=steps_per_epoch, num_steps=num_steps,
+      train_step=train_step, jitted_step=jitted_step,
+      features=jax.jit(features, in_shardings=(replicated, replicated, sharded, sharded),
+                       out_shardings=replicated),
+      probe=jax.jit(probe, in_shardings=(replicated, replicated, sharded),
+                    out_shardings=replicated),
+      _init=jax.jit(init, out_shardings=replicated))
+

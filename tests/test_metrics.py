@@ -1,0 +1,141 @@
+"""rwl_jax.metrics: metrics.jsonl trimmed to the checkpoint on resume, run time without downtime."""
+
+import json
+import logging
+
+import pytest
+
+from rwl_jax import metrics
+
+
+class FakeClock:
+  """time.monotonic that moves only when told to."""
+
+  def __init__(self):
+    self.now = 100.0
+
+  def __call__(self):
+    return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch):
+  fake = FakeClock()
+  monkeypatch.setattr(metrics.time, "monotonic", fake)
+  return fake
+
+
+def rows_of(workdir):
+  return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def write_steps(writer, clock, steps, seconds_per_step=2.0):
+  for step in steps:
+    clock.now += seconds_per_step
+    writer.write_scalars(step, {"loss": 1.0 / step})
+
+
+def test_resume_replays_steps_once_and_skips_downtime(tmp_path, clock):
+  writer = metrics.MetricWriter(tmp_path, enabled=True)
+  write_steps(writer, clock, [5, 10, 15])
+  writer.close()
+  clock.now += 3600.0  # the crash, and an hour before the rerun
+  seen = []
+  writer = metrics.MetricWriter(tmp_path, resume_step=10, enabled=True,
+                                on_write=lambda step, scalars: seen.append((step, scalars)))
+  assert [row["step"] for row in rows_of(tmp_path)] == [5, 10]  # trimmed when opened
+  write_steps(writer, clock, [15])
+  writer.close()
+
+  rows = rows_of(tmp_path)
+  assert [row["step"] for row in rows] == [5, 10, 15]
+  assert [row["run_seconds"] for row in rows] == [2.0, 4.0, 6.0]  # the hour is not counted
+  assert all(isinstance(row["time"], float) for row in rows)
+  assert seen == [(15, {"loss": 1.0 / 15})]
+  assert not list(tmp_path.glob("metrics.jsonl.*"))  # no temporary file left behind
+
+
+@pytest.mark.parametrize("resume_step", [None, 0])
+def test_fresh_start_drops_an_earlier_attempts_rows(tmp_path, clock, resume_step):
+  writer = metrics.MetricWriter(tmp_path, enabled=True)
+  write_steps(writer, clock, [5, 10])
+  writer.close()  # died before its first checkpoint: the rerun starts at step 0
+  writer = metrics.MetricWriter(tmp_path, resume_step=resume_step, enabled=True)
+  write_steps(writer, clock, [5])
+  writer.close()
+  assert [(row["step"], row["run_seconds"]) for row in rows_of(tmp_path)] == [(5, 2.0)]
+
+
+def test_truncated_line_dropped_with_a_warning(tmp_path, clock, caplog):
+  (tmp_path / "metrics.jsonl").write_text(
+      '{"step": 5, "time": 1.0, "run_seconds": 7.0, "loss": 2.0}\n'
+      '{"step": 10, "time": 2.0, "run_seconds": 9.0, "loss": 1.0}\n'
+      '{"step": 15, "time": 3.0, "run_sec')  # killed mid-write
+  with caplog.at_level(logging.WARNING):
+    writer = metrics.MetricWriter(tmp_path, resume_step=20, enabled=True)
+  assert "line 3 is not a metrics row" in caplog.text
+  write_steps(writer, clock, [15])
+  writer.close()
+  assert [(row["step"], row["run_seconds"]) for row in rows_of(tmp_path)] == [
+      (5, 7.0), (10, 9.0), (15, 11.0)]
+
+
+def test_rows_written_before_run_seconds_resume_from_their_wall_clock_span(tmp_path, clock):
+  (tmp_path / "metrics.jsonl").write_text(
+      '{"step": 5, "time": 1000.0, "loss": 2.0}\n{"step": 10, "time": 1030.0, "loss": 1.0}\n')
+  writer = metrics.MetricWriter(tmp_path, resume_step=10, enabled=True)
+  write_steps(writer, clock, [15])
+  writer.close()
+  assert rows_of(tmp_path)[-1]["run_seconds"] == 32.0
+
+
+def test_disabled_writer_touches_nothing(tmp_path):
+  (tmp_path / "metrics.jsonl").write_text('{"step": 5, "time": 1.0, "loss": 2.0}\n')
+  writer = metrics.MetricWriter(tmp_path, resume_step=0, enabled=False)
+  writer.write_scalars(10, {"loss": 1.0})
+  writer.close()
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]
+  assert len(rows_of(tmp_path)) == 1
+
+
+def test_latest_rows_keeps_the_replay_not_the_attempt_that_died():
+  rows = [{"step": 5, "time": 1, "loss": 5.0},
+          {"step": 10, "time": 2, "loss": 4.0}, {"step": 10, "time": 2, "epoch_seconds": 9.0},
+          {"step": 15, "time": 3, "loss": 3.0},
+          {"step": 20, "time": 4, "loss": 2.0},  # past the checkpoint at 10: replayed below
+          {"step": 15, "time": 9, "loss": 3.5},
+          {"step": 20, "time": 10, "loss": 2.5}, {"step": 20, "time": 11, "knn_top1": 0.4}]
+  assert metrics.latest_rows(rows) == [
+      {"step": 5, "time": 1, "loss": 5.0},
+      {"step": 10, "time": 2, "loss": 4.0}, {"step": 10, "time": 2, "epoch_seconds": 9.0},
+      {"step": 15, "time": 9, "loss": 3.5},
+      {"step": 20, "time": 10, "loss": 2.5}, {"step": 20, "time": 11, "knn_top1": 0.4}]
+  assert metrics.latest_rows(rows[:4]) == rows[:4]  # a run never resumed is left as it is
+  # Same step, some scalars logged again: only the repeated ones are taken from the later row.
+  same_step = [{"step": 3, "time": 1, "a": 1.0, "b": 2.0}, {"step": 3, "time": 2, "a": 1.5}]
+  assert metrics.latest_rows(same_step) == [{"step": 3, "time": 1, "b": 2.0},
+                                            {"step": 3, "time": 2, "a": 1.5}]
+
+
+def test_parse_rows_skips_what_is_not_a_row(caplog):
+  text = ('{"step": 1, "time": 1.0}\n\n[1, 2]\n{"time": 3.0}\n'
+          '{"step": 2, "time": 2.0, "x": NaN}\n{"st')
+  with caplog.at_level(logging.WARNING):
+    rows = metrics.parse_rows(text, "metrics.jsonl")
+  assert [row["step"] for row in rows] == [1, 2]
+  assert caplog.text.count("is not a metrics row") == 3
+
+
+def test_trims_a_gs_workdir_through_epath(tmp_path, clock):
+  from local_bucket import local_bucket  # pylint: disable=g-import-not-at-top  # imports Orbax
+
+  with local_bucket(str(tmp_path)):
+    writer = metrics.MetricWriter("gs://bucket/run", enabled=True)
+    write_steps(writer, clock, [5, 10, 15])
+    writer.close()
+    writer = metrics.MetricWriter("gs://bucket/run", resume_step=10, enabled=True)
+    write_steps(writer, clock, [15])
+    writer.close()
+  assert [row["step"] for row in rows_of(tmp_path / "bucket" / "run")] == [5, 10, 15]
+  assert sorted(p.name for p in (tmp_path / "bucket" / "run").iterdir()) == [
+      "metrics.jsonl", "tensorboard"]
