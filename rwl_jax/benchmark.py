@@ -22,7 +22,7 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from rwl_jax import cli, parallel, report
+from rwl_jax import cli, parallel, paths, tables
 from rwl_jax import experiment as experiment_lib
 from rwl_jax.data import inputs as data_inputs
 from rwl_jax.errors import ConfigError
@@ -192,7 +192,7 @@ def _check_counts(steps: int, warmup: int) -> None:
 def main():
   config = _CONFIG.value
   _check_counts(_STEPS.value, _WARMUP.value)
-  output = report.check_output(_OUTPUT.value, "--output")  # before the work, not after
+  output = paths.output_file(_OUTPUT.value, "--output")  # before the work, not after
   experiment_lib.validate_config(config)
   rows = []
   if _MODE.value in ("step", "both"):
@@ -205,7 +205,7 @@ def main():
             "devices": [d.device_kind for d in jax.devices()], "jax_version": jax.__version__}
   if jax.process_index() == 0:
     print(json.dumps(header))
-    print(report.format_table(rows, COLUMNS))
+    print(tables.format_table(rows, COLUMNS))
     output.write_text(json.dumps({**header, "results": rows}, indent=2))
 
 

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from absl import flags
 from ml_collections import config_flags
 
-from rwl_jax import cli, methods, parallel, report
+from rwl_jax import cli, methods, parallel, paths, tables
 from rwl_jax import experiment as experiment_lib
 from rwl_jax.errors import ConfigError
 
@@ -98,10 +98,10 @@ def main():
     raise ConfigError(f"--batches must be integers, got {','.join(_BATCHES.value)}") from None
   if not batches or min(batches) < 2:
     raise ConfigError(f"--batches must be global batch sizes >= 2, got {batches}")
-  output = report.check_output(_OUTPUT.value, "--output") if _OUTPUT.value else None
+  output = paths.output_file(_OUTPUT.value, "--output") if _OUTPUT.value else None
   experiment_lib.validate_config(_CONFIG.value)
   rows = memory_rows(_CONFIG.value, batches, with_step=_STEP.value)
-  print(report.format_table(rows))
+  print(tables.format_table(rows))
   if output is not None:
     output.write_text(json.dumps(
         {"jax_version": jax.__version__, "platform": jax.devices()[0].platform,

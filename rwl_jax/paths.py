@@ -50,3 +50,15 @@ def workdir(value: epath.PathLike) -> epath.Path:
     raise ConfigError(f"--workdir {os.fspath(value)!r} needs google-cloud-storage: pip install "
                       "'rwl_jax[gcs]'") from None
   return path
+
+
+def output_file(value: str, flag: str) -> epath.Path:
+  """The output path of `flag`, its folder made now, so a bad path fails before any work."""
+  path = as_path(value, flag)
+  if path.is_dir():
+    raise ConfigError(f"{flag}={value!r} is a folder; give a file name such as {path / 'plot.png'}")
+  try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+  except OSError as error:
+    raise ConfigError(f"{flag}={value!r}: its folder cannot be made ({error})") from None
+  return path

@@ -129,18 +129,6 @@ def markdown_table(runs: Sequence[dict[str, Any]]) -> str:
   return "\n".join(lines)
 
 
-def check_output(value: str, flag: str) -> epath.Path:
-  """The output path of `flag`, its folder made now, so a bad path fails before any work."""
-  path = paths.as_path(value, flag)
-  if path.is_dir():
-    raise ConfigError(f"{flag}={value!r} is a folder; give a file name such as {path / 'plot.png'}")
-  try:
-    path.parent.mkdir(parents=True, exist_ok=True)
-  except OSError as error:
-    raise ConfigError(f"{flag}={value!r}: its folder cannot be made ({error})") from None
-  return path
-
-
 def _pyplot(flag: str):
   try:
     import matplotlib  # pylint: disable=g-import-not-at-top
@@ -152,7 +140,7 @@ def _pyplot(flag: str):
 
 
 def _save(fig, path: str, flag: str) -> None:
-  output = check_output(path, flag)
+  output = paths.output_file(path, flag)
   with output.open("wb") as f:  # savefig alone would not write to a URL
     fig.savefig(f, format="png", dpi=120)
 
@@ -244,25 +232,11 @@ def plot_diagnostics(runs: Sequence[dict[str, Any]], path: str) -> None:
     plt.close(fig)
 
 
-def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
-  """A Markdown table of dict rows: the given columns that some row has (default: the first
-  row's keys); floats to 4 significant digits, None as n/a."""
-  columns = [c for c in (columns or list(rows[0])) if any(c in row for row in rows)]
-
-  def cell(value):
-    if value is None:
-      return "n/a"
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-  lines = [" | ".join(columns), " | ".join("---" for _ in columns)]
-  return "\n".join(lines + [" | ".join(cell(row.get(c)) for c in columns) for row in rows])
-
-
 def main():
   outputs = {"--plot": _PLOT.value, "--diagnostics": _DIAGNOSTICS.value}
   for flag, value in outputs.items():  # a bad output path fails before the runs are read
     if value:
-      check_output(value, flag)
+      paths.output_file(value, flag)
       _pyplot(flag)
   runs = [load(workdir) for workdir in _WORKDIRS.value]
   print(markdown_table(runs))

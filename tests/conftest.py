@@ -13,6 +13,14 @@ import time
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+# A persistent compilation cache shared by the tests and the processes they start: the same small
+# programs (steps, feature functions, probes) compile once per machine, not once per test.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      str(pathlib.Path(os.environ.get("RWL_JAX_TEST_CACHE",
+                                                      pathlib.Path.home() / ".cache" / "rwl_jax"))
+                          / "jax-test-compilation-cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 SHARED_DATA = pathlib.Path(os.environ.get("RWL_JAX_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
@@ -77,6 +85,7 @@ def tiny_config(image_dir: pathlib.Path, cache_dir: pathlib.Path, method: str = 
   config.method = method
   config.num_epochs = 2
   config.global_batch_size = 32
+  config.model.encoder = "resnet10"  # the tiny encoder: half of ResNet-18's layers to compile
   config.model.width = 8
   config.model.projector_dims = (32, 16)
   config.model.predictor_dims = (32, 16)  # byol, simsiam and their GSG variants

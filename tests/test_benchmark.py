@@ -5,7 +5,7 @@ import pytest
 from flax import nnx
 
 from conftest import tiny_config
-from rwl_jax import benchmark
+from rwl_jax import benchmark, tables
 from rwl_jax.models.resnet import build_resnet
 
 
@@ -45,6 +45,7 @@ def test_resnet18_forward_count_matches_layer_table():
 @pytest.mark.parametrize("augment_on", ["host", "device"])
 def test_benchmark_step_reports_consistent_figures(cifar_dir, tmp_path, augment_on):
   config = tiny_config(cifar_dir, tmp_path)
+  config.model.encoder = "resnet18"  # the FLOP count below is ResNet-18's
   config.data.augment_on = augment_on  # device: gather and JAX augmentation inside the step
   row = benchmark.benchmark_step(config, steps=2, warmup=1)
   assert row["mode"] == f"step ({augment_on} views)"
@@ -53,7 +54,7 @@ def test_benchmark_step_reports_consistent_figures(cifar_dir, tmp_path, augment_
   # A training step costs about 3 forward passes of the encoder, for each of the two views.
   forward = resnet18_forward_flops(width=config.model.width)
   assert 5.5 * forward < row["gflop_per_image"] * 1e9 < 8.0 * forward
-  table = benchmark.format_table([row])
+  table = tables.format_table([row], benchmark.COLUMNS)
   assert table.splitlines()[0].startswith("mode | images_per_second")
 
 

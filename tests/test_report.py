@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from conftest import REPO
-from rwl_jax import report
+from rwl_jax import paths, report
 from rwl_jax.errors import ConfigError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -138,4 +138,4 @@ def test_bad_output_path_fails_before_reading_runs(tmp_path):
   assert done.stderr.startswith("error: --diagnostics=") and "cannot be made" in done.stderr
   assert len(done.stderr.strip().splitlines()) == 1
   with pytest.raises(ConfigError, match="is a folder"):
-    report.check_output(str(tmp_path), "--plot")
+    paths.output_file(str(tmp_path), "--plot")

@@ -115,6 +115,8 @@ class CifarResNet(nnx.Module):
 
 
 _ARCHITECTURES = {
+    # One basic block per stage: the smallest of the family, for tests and smoke runs.
+    "resnet10": (BasicBlock, (1, 1, 1, 1)),
     "resnet18": (BasicBlock, (2, 2, 2, 2)),
     "resnet34": (BasicBlock, (3, 4, 6, 3)),
     "resnet50": (Bottleneck, (3, 4, 6, 3)),
@@ -123,7 +125,7 @@ _ARCHITECTURES = {
 
 def build_resnet(name: str, *, width: int = 64, dtype: Any = jnp.float32,
                  rngs: nnx.Rngs) -> CifarResNet:
-  """A CIFAR ResNet by name: 'resnet18', 'resnet34' or 'resnet50'."""
+  """A CIFAR ResNet by name: 'resnet10', 'resnet18', 'resnet34' or 'resnet50'."""
   if name not in _ARCHITECTURES:
     raise ConfigError(f"unknown model.encoder {name!r}; choose one of {sorted(_ARCHITECTURES)}")
   if width < 1:

@@ -47,6 +47,32 @@ def contrastive_optimum(batch_size: int, temperature: float) -> dict[str, float]
   }
 
 
+def temperature_for_positive_probability(batch_size: int, positive_probability: float) -> float:
+  """The temperature at which the optimum's positive probability p* equals the given p.
+
+  Inverting p* = 1 / (1 + 2 (B - 1) exp(-B / ((B - 1) tau))):
+
+    tau = B / ((B - 1) log(2 (B - 1) p / (1 - p))),
+
+  defined for q = 1/(2B - 1) < p < 1 (p* falls to q only as tau -> infinity). Lower temperatures
+  let the optimal batch put more mass on the positive (P closer to T).
+  """
+  if not 1.0 / (2 * batch_size - 1) < positive_probability < 1.0:
+    raise ValueError(f"need 1/(2B - 1) < p < 1, got p={positive_probability}")
+  odds = positive_probability / (1.0 - positive_probability)
+  return batch_size / ((batch_size - 1) * math.log(2.0 * (batch_size - 1) * odds))
+
+
+def temperature_for_rwl_optimum(batch_size: int, rwl: float) -> float:
+  """The temperature below which RWL* = N (N - 1)/(N - 2) (1 - p*)^2 is smaller than `rwl`.
+
+  E.g. rwl = 1, the regime where R5's spectral-clustering guarantee can hold at the optimum.
+  """
+  num_rows = 2 * batch_size
+  negative_mass = math.sqrt(rwl * (num_rows - 2) / (num_rows * (num_rows - 1)))
+  return temperature_for_positive_probability(batch_size, 1.0 - negative_mass)
+
+
 def collapse_values(batch_size: int) -> dict[str, float]:
   """nt_xent_loss and rwl_loss when all rows coincide (also their tau -> infinity limits).
 
