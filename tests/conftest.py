@@ -115,12 +115,13 @@ def run_on_devices(script: str, devices: int = 8, timeout: int = 900):
 
 def interrupt_after_logging(command, cwd, metrics: pathlib.Path, stop: int,
                             start_timeout: float = 300) -> tuple[int, str]:
-  """Starts a training command, sends it `stop` once metrics.jsonl has two rows (some steps done,
-  before the first checkpoint); returns (exit status, stderr)."""
+  """Starts a training command, sends it `stop` once metrics.jsonl has two rows of training
+  averages (some steps done, before the first checkpoint); returns (exit status, stderr)."""
   process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
   deadline = time.time() + start_timeout
-  while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+  while time.time() < deadline and not (metrics.exists()
+                                        and metrics.read_text().count('"loss"') >= 2):
     time.sleep(0.5)
   process.send_signal(stop)
   _, stderr = process.communicate(timeout=180)
