@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import jax
 import numpy as np
@@ -289,5 +289,3 @@ class Profile(Hook):
       jax.profiler.stop_trace()
       self.active = False
 
-
-Callback = Callable[[Context], None]
