@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from absl import logging
 from etils import epath
 
-from rwl_jax import paths
+from rwl_jax import parallel, paths
 from rwl_jax.errors import ConfigError
 
 
@@ -65,7 +64,7 @@ class Checkpointer:
         raise
       except Exception as error:  # Orbax/TensorStore raise many types for unreadable data.
         problem = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-      if not _any_process(problem is not None):
+      if not parallel.any_process(problem is not None):
         return step, restored
       logging.warning("checkpoint %s/%d is unreadable (%s); kept as %d.unreadable, trying the "
                       "previous one", self.directory, step,
@@ -85,13 +84,6 @@ class Checkpointer:
     self._manager.wait_until_finished()
     self._manager.close()
     logging.info("checkpoints in %s: steps %s", self.directory, self.all_steps())
-
-
-def _any_process(flag: bool) -> bool:
-  """True when `flag` is true on any process (an all-gather on several processes)."""
-  if jax.process_count() == 1:
-    return flag
-  return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
 
 
 def _path_name(entry: Any) -> str:

@@ -14,9 +14,8 @@ import threading
 from typing import Any, Callable, Iterable, Iterator
 
 import jax
-import numpy as np
-from jax.experimental import multihost_utils
 
+from rwl_jax import parallel
 from rwl_jax.hooks import Context, Hook, Schedule
 
 EpochInputs = Callable[[int, int], Iterable[tuple[Any, ...]]]
@@ -60,8 +59,7 @@ class StopSignals:
     if jax.process_count() == 1:
       stop = self.cause is not None
     elif self.agree_schedule.due(step, steps_per_epoch, num_steps):
-      flags = multihost_utils.process_allgather(np.int32(self.cause is not None))
-      stop = bool(np.any(flags))
+      stop = parallel.any_process(self.cause is not None)
       if stop and self.cause is None:
         self.cause = "stopped because another process was"
     else:

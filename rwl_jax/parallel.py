@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rwl_jax.errors import ConfigError
@@ -41,6 +42,14 @@ def to_global(batch: Any, mesh: Mesh) -> Any:
   """This process's rows of a batch (NumPy pytree) -> global arrays sharded on the data axis."""
   sharding = data_sharded(mesh)
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+
+
+def any_process(flag: bool) -> bool:
+  """True when `flag` is true on any process: an all-gather on several processes, which every
+  process must call at the same point."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
 
 
 def fetch_array(x: jax.Array) -> np.ndarray:

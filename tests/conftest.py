@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 import tarfile
@@ -97,6 +98,13 @@ def tiny_config(image_dir: pathlib.Path, cache_dir: pathlib.Path, method: str = 
   config.log_every_steps = 5
   config.checkpoint_every_epochs = 1
   return config
+
+
+def free_port() -> int:
+  """A TCP port free on localhost now, for a jax.distributed coordinator."""
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
 
 
 def run_on_devices(script: str, devices: int = 8, timeout: int = 900):

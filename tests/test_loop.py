@@ -142,7 +142,7 @@ def test_stop_agreement_waits_for_the_agreed_step(monkeypatch):
   in test_multiprocess.py runs the real one)."""
   gathered = []
   monkeypatch.setattr(jax, "process_count", lambda: 2)
-  monkeypatch.setattr(loop.multihost_utils, "process_allgather",
+  monkeypatch.setattr(parallel.multihost_utils, "process_allgather",
                       lambda flag: gathered.append(int(flag)) or np.asarray([int(flag), 0]))
   signals = loop.StopSignals(hooks.Schedule(every_steps=5))
   signals.check(3, 10, 20)  # not an agreed step: nothing exchanged
@@ -154,7 +154,7 @@ def test_stop_agreement_waits_for_the_agreed_step(monkeypatch):
   assert gathered == [1]
   # A process without a signal stops too when the other one had one.
   other = loop.StopSignals(hooks.Schedule(every_steps=5))
-  monkeypatch.setattr(loop.multihost_utils, "process_allgather",
+  monkeypatch.setattr(parallel.multihost_utils, "process_allgather",
                       lambda flag: np.asarray([int(flag), 1]))
   with pytest.raises(loop.StopRequested, match="another process"):
     other.check(5, 10, 20)

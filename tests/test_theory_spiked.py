@@ -7,10 +7,7 @@ margins stated at each assert (sin Theta lies in [0, sqrt(r)]).
 import itertools
 import math
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from rwl_jax import losses
@@ -127,29 +124,6 @@ def test_finite_sample_estimators_order():
   assert pca_error <= diag_deleted_error + 0.05
 
 
-def train_linear_encoder(loss, x, rng, steps=3000, batch_size=256, rank=3, learning_rate=3e-3):
-  """Adam on W ([d, r]) with complementary masks redrawn every step, float32 (as E3)."""
-  samples, dim = x.shape
-  optimizer = optax.adam(learning_rate)
-  indices = rng.integers(0, samples, size=(steps, batch_size))
-  masks = rng.random(size=(steps, batch_size, dim)) < 0.5
-  data = jnp.asarray(x, jnp.float32)
-
-  def step(carry, batch):
-    w, state = carry
-    index, mask = batch
-    rows = data[index]
-    gradient = jax.grad(lambda w: loss(jnp.where(mask, rows, 0) @ w,
-                                       jnp.where(mask, 0, rows) @ w))(w)
-    updates, state = optimizer.update(gradient, state)
-    return (optax.apply_updates(w, updates), state), None
-
-  w = jnp.asarray(rng.normal(size=(dim, rank)) / math.sqrt(dim), jnp.float32)
-  (w, _), _ = jax.jit(lambda w: jax.lax.scan(step, (w, optimizer.init(w)),
-                                             (jnp.asarray(indices), jnp.asarray(masks))))(w)
-  return np.asarray(w, np.float64)
-
-
 @pytest.mark.slow
 def test_trained_project_losses_learn_correlation_pca_and_beat_pca_downstream():
   """T11 (J3): linear encoders trained with the project losses under masking: VICReg lands within
@@ -171,7 +145,7 @@ def test_trained_project_losses_learn_correlation_pca_and_beat_pca_downstream():
       "vicreg": losses.vicreg_loss,
   }
   for name, loss in trained.items():
-    w = train_linear_encoder(loss, x, np.random.default_rng(1))
+    w = spiked.train_masked_linear_encoder(loss, x, np.random.default_rng(1), steps=3000, rank=3)
     assert r2(w) >= 0.80, name
     if name == "vicreg":
       assert spiked.sin_theta(w, spiked.corr_pca(x, 3)) <= 0.2

@@ -19,7 +19,6 @@ fails.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import pathlib
 import sys
@@ -37,7 +36,7 @@ from rwl_jax.theory import spectral
 
 matplotlib.use("Agg")
 from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-from PIL import Image  # pylint: disable=g-import-not-at-top
+from figures import save_png  # pylint: disable=g-import-not-at-top  (this folder)
 
 LOSSES = {"rwl": losses.rwl_loss, "nt_xent": losses.nt_xent_loss}
 SUCCESS_ATOL = 1e-3  # A run 'reaches' the closed form when within this absolute distance.
@@ -236,15 +235,6 @@ def plot(results, batch_sizes, best_grams, summary, path):
                   f"{floor['rwl_collapse']:.1f}], p* = {floor['p_star']:.3f}", fontsize=9)
   figure.tight_layout()
   save_png(figure, path)
-
-
-def save_png(figure, path, dpi=80):
-  """Saves a 64-colour palette PNG: line plots lose nothing visible and stay well under 150 KB."""
-  buffer = io.BytesIO()
-  figure.savefig(buffer, dpi=dpi, format="png")
-  plt.close(figure)
-  buffer.seek(0)
-  Image.open(buffer).convert("RGB").quantize(colors=64).save(path, optimize=True)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ writes DIR/linear_regime.{png,json} and exits non-zero with one line if a headli
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import pathlib
 import sys
@@ -39,7 +38,7 @@ from rwl_jax.theory import closed_forms
 
 matplotlib.use("Agg")
 from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-from PIL import Image  # pylint: disable=g-import-not-at-top
+from figures import save_png  # pylint: disable=g-import-not-at-top  (this folder)
 
 
 def adam_curve(loss, x1, x2, steps, learning_rate, seed):
@@ -309,15 +308,6 @@ def plot(summary, vicreg_values, barlow_values, path):
   figure.suptitle(f"E2 linear regime ({'quick' if summary['quick'] else 'full'})", fontsize=9)
   figure.tight_layout()
   save_png(figure, path)
-
-
-def save_png(figure, path, dpi=80):
-  """Saves a 64-colour palette PNG: line plots lose nothing visible and stay well under 150 KB."""
-  buffer = io.BytesIO()
-  figure.savefig(buffer, dpi=dpi, format="png")
-  plt.close(figure)
-  buffer.seek(0)
-  Image.open(buffer).convert("RGB").quantize(colors=64).save(path, optimize=True)
 
 
 if __name__ == "__main__":

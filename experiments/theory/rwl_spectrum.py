@@ -18,7 +18,6 @@ writes DIR/rwl_spectrum.{png,json} and exits non-zero with one line if a headlin
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import pathlib
@@ -37,7 +36,7 @@ from rwl_jax.theory import spectral
 
 matplotlib.use("Agg")
 from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-from PIL import Image  # pylint: disable=g-import-not-at-top
+from figures import save_png  # pylint: disable=g-import-not-at-top  (this folder)
 
 BATCH_SIZE = 16
 SCALARS = ("step", "train_batch_rwl", "project_rwl", "rwl", "negative_mass", "ncut",
@@ -218,15 +217,6 @@ def plot(summary, runs, path):
                   f"({'quick' if summary['quick'] else 'full'})", fontsize=9)
   figure.tight_layout()
   save_png(figure, path)
-
-
-def save_png(figure, path, dpi=80):
-  """Saves a 64-colour palette PNG: line plots lose nothing visible and stay well under 150 KB."""
-  buffer = io.BytesIO()
-  figure.savefig(buffer, dpi=dpi, format="png")
-  plt.close(figure)
-  buffer.seek(0)
-  Image.open(buffer).convert("RGB").quantize(colors=64).save(path, optimize=True)
 
 
 if __name__ == "__main__":

@@ -20,25 +20,21 @@ fails.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import pathlib
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
 import matplotlib
 import numpy as np
-import optax
 
 from rwl_jax import losses
 from rwl_jax.theory import spiked
 
 matplotlib.use("Agg")
 from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-from PIL import Image  # pylint: disable=g-import-not-at-top
+from figures import save_png  # pylint: disable=g-import-not-at-top  (this folder)
 
 RANK = 3
 CLOSED_FORMS = ("pca", "diag_deleted", "masked_cl", "corr_pca")
@@ -67,28 +63,6 @@ def make_model(dim, largest_sd, ratio, rng):
 
 def rate_shape(num_samples, dim):
   return RANK**1.5 * math.log(dim) / dim + np.sqrt(dim * RANK / np.asarray(num_samples, float))
-
-
-def train_linear_encoder(loss, x, rng, steps, batch_size=256, learning_rate=3e-3):
-  """Adam on W [d, r] with complementary 50% masks redrawn every step (float32)."""
-  samples, dim = x.shape
-  optimizer = optax.adam(learning_rate)
-  indices = jnp.asarray(rng.integers(0, samples, size=(steps, batch_size)))
-  masks = jnp.asarray(rng.random(size=(steps, batch_size, dim)) < 0.5)
-  data = jnp.asarray(x, jnp.float32)
-
-  def step(carry, batch):
-    w, state = carry
-    index, mask = batch
-    rows = data[index]
-    gradient = jax.grad(lambda w: loss(jnp.where(mask, rows, 0) @ w,
-                                       jnp.where(mask, 0, rows) @ w))(w)
-    updates, state = optimizer.update(gradient, state)
-    return (optax.apply_updates(w, updates), state), None
-
-  w = jnp.asarray(rng.normal(size=(dim, RANK)) / math.sqrt(dim), jnp.float32)
-  (w, _), _ = jax.jit(lambda w: jax.lax.scan(step, (w, optimizer.init(w)), (indices, masks)))(w)
-  return np.asarray(w, np.float64)
 
 
 def main():
@@ -158,7 +132,7 @@ def main():
     bases["oracle_u_star"] = model.basis
     bases["bayes"] = model.bayes_basis()
     for name, loss in TRAINED.items():
-      bases[name] = train_linear_encoder(loss, x, rng, train_steps)
+      bases[name] = spiked.train_masked_linear_encoder(loss, x, rng, steps=train_steps, rank=RANK)
     correlation_basis = bases["corr_pca"]
     for name, basis in bases.items():
       features = labelled @ basis
@@ -301,15 +275,6 @@ def plot(summary, path):
                   f"r = {RANK}, means over {summary['reps']} draws", fontsize=9)
   figure.tight_layout()
   save_png(figure, path)
-
-
-def save_png(figure, path, dpi=80):
-  """Saves a 64-colour palette PNG: line plots lose nothing visible and stay well under 150 KB."""
-  buffer = io.BytesIO()
-  figure.savefig(buffer, dpi=dpi, format="png")
-  plt.close(figure)
-  buffer.seek(0)
-  Image.open(buffer).convert("RGB").quantize(colors=64).save(path, optimize=True)
 
 
 if __name__ == "__main__":

@@ -181,3 +181,36 @@ def downstream_r2(train_features: np.ndarray, train_targets: np.ndarray,
   coefficients, *_ = np.linalg.lstsq(design(train_features), train_targets, rcond=None)
   residual = test_targets - design(test_features) @ coefficients
   return float(1.0 - np.mean(np.square(residual)) / np.var(test_targets))
+
+
+def train_masked_linear_encoder(loss, x: np.ndarray, rng: np.random.Generator, *, steps: int,
+                                rank: int, batch_size: int = 256,
+                                learning_rate: float = 3e-3) -> np.ndarray:
+  """W [d, rank] trained by Adam on loss(A x W, (I - A) x W) over minibatches of x, with
+  complementary 50 % masks A redrawn every step (float32 JAX; returned as float64).
+
+  loss is one of the project's two-view losses, e.g. losses.rwl_loss with its temperature bound.
+  Draws from rng in this order: batch indices, masks, the initial W ~ N(0, 1/d).
+  """
+  import jax  # pylint: disable=g-import-not-at-top  (the rest of this module is NumPy)
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+
+  samples, dim = x.shape
+  optimizer = optax.adam(learning_rate)
+  indices = jnp.asarray(rng.integers(0, samples, size=(steps, batch_size)))
+  masks = jnp.asarray(rng.random(size=(steps, batch_size, dim)) < 0.5)
+  data = jnp.asarray(x, jnp.float32)
+
+  def step(carry, batch):
+    w, state = carry
+    index, mask = batch
+    rows = data[index]
+    gradient = jax.grad(lambda w: loss(jnp.where(mask, rows, 0) @ w,
+                                       jnp.where(mask, 0, rows) @ w))(w)
+    updates, state = optimizer.update(gradient, state)
+    return (optax.apply_updates(w, updates), state), None
+
+  w = jnp.asarray(rng.normal(size=(dim, rank)) / np.sqrt(dim), jnp.float32)
+  (w, _), _ = jax.jit(lambda w: jax.lax.scan(step, (w, optimizer.init(w)), (indices, masks)))(w)
+  return np.asarray(w, np.float64)
