@@ -19,7 +19,7 @@ def command(workdir, cifar_dir, cache, augment_on):
   return [sys.executable, "-m", "rwl_jax.main", "--config=configs/cifar10_rwl.py",
           f"--workdir={workdir}", f"--config.data.image_dir={cifar_dir}",
           f"--config.data.cache_dir={cache}", "--config.num_epochs=1",
-          "--config.global_batch_size=32", "--config.data.max_train_examples=128",
+          "--config.global_batch_size=32", "--config.data.max_train_examples=64",
           "--config.model.width=4", "--config.model.projector_dims=(16,8)",
           "--config.log_every_steps=1", "--config.eval.linear_epochs=1", "--config.eval.batch_size=64",
           f"--config.data.augment_on={augment_on}"]
@@ -65,27 +65,26 @@ def test_two_processes_equal_one_process(cifar_dir, tmp_path, augment_on):
   outputs = [worker.communicate(timeout=600) for worker in workers]
   for index, (worker, (_, stderr)) in enumerate(zip(workers, outputs)):
     assert worker.returncode == 0, stderr[-3000:]
-    # Each process decodes only its half of each split (128 train, 160 test images).
-    start, end = (0, 64) if index == 0 else (64, 128)
-    assert f"process {index} of 2 reads train examples [{start}, {end}) of 128" in stderr
+    # Each process decodes only its half of each split (64 train, 160 test images).
+    start, end = (0, 32) if index == 0 else (32, 64)
+    assert f"process {index} of 2 reads train examples [{start}, {end}) of 64" in stderr
     start, end = (0, 80) if index == 0 else (80, 160)
     assert f"process {index} of 2 reads test examples [{start}, {end}) of 160" in stderr
 
   single_losses, multi_losses = losses(single), losses(multi)
-  assert len(single_losses) == 4
-  # Step 1 sees the same data and parameters: equal to float32 round-off. Later steps drift by
-  # the all-reduce's summation order (gloo's differs from one process's), ~4e-5 by step 4.
-  np.testing.assert_allclose(multi_losses[0], single_losses[0], rtol=1e-6)
-  np.testing.assert_allclose(multi_losses, single_losses, rtol=2e-4)
+  assert len(single_losses) == 2
+  # Step 1 sees the same data and parameters; step 2 follows one update made from the all-reduced
+  # gradient. Both agree to float32 round-off (gloo sums in another order than one process).
+  # Two steps, not more: with 4 images per device this width-4 model's BatchNorm amplifies that
+  # round-off ~100x per step (host views: parameters 2e-8 of their norm apart after one step, 6e-7
+  # after two, 4e-3 after four; device views: 1.1e-5 after two).
+  np.testing.assert_allclose(multi_losses, single_losses, rtol=1e-6)
   step_single, params_single = final_parameters(single)
   step_multi, params_multi = final_parameters(multi)
-  assert step_single == step_multi == 4
-  # The losses agree to float32 round-off at every step. The parameters agree to 1e-3 of their
-  # norm: gloo's all-reduce sums the gradient in another order than one process does, and the
-  # near-zero BatchNorm biases of this width-4 model amplify that (about 2.5e-4 measured).
+  assert step_single == step_multi == 2
   flat_single = np.concatenate([a.ravel() for a in params_single])
   flat_multi = np.concatenate([b.ravel() for b in params_multi])
-  assert np.linalg.norm(flat_single - flat_multi) <= 1e-3 * np.linalg.norm(flat_single)
+  assert np.linalg.norm(flat_single - flat_multi) <= 1e-4 * np.linalg.norm(flat_single)
   # The evaluation gathers every process's features: the same kNN as one process.
   single_results = json.loads((single / "results.json").read_text())
   multi_results = json.loads((multi / "results.json").read_text())
