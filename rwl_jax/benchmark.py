@@ -110,20 +110,26 @@ def benchmark_step(config, *, steps: int, warmup: int,
   from rwl_jax.data import device_pipeline  # pylint: disable=g-import-not-at-top
 
   mesh = parallel.make_mesh()
+  # A CIFAR-10-sized split of synthetic images (the cost does not depend on the content).
   experiment = experiment_lib.build(config, mesh,
-                                    steps_per_epoch=max(1, 50_000 // config.global_batch_size))
+                                    steps_per_epoch=max(1, 50_000 // config.global_batch_size),
+                                    num_classes=10)
   state = experiment.init_state()
   size = config.data.image_size
   rng = np.random.default_rng(0)
-  batch = parallel.to_global(
-      {k: rng.normal(size=(config.global_batch_size, size, size, 3)).astype(np.float32)
-       for k in ("view1", "view2")}, mesh)
+  host_batch = {k: rng.normal(size=(config.global_batch_size, size, size, 3)).astype(np.float32)
+                for k in ("view1", "view2")}
+  with_labels = experiment.online_probe is not None
+  if with_labels:
+    host_batch["label"] = rng.integers(0, 10, config.global_batch_size).astype(np.int32)
+  batch = parallel.to_global(host_batch, mesh)
   # Model FLOPs (the encoder and heads, forward and backward): the augmentation is not counted.
   flops_per_step = count_flops(experiment.train_step, state, batch)
   if config.data.augment_on == "device":
     pool = 8 * config.global_batch_size
     images = device_pipeline.put_dataset(
-        rng.integers(0, 256, (pool, size, size, 3), dtype=np.uint8), mesh)
+        rng.integers(0, 256, (pool, size, size, 3), dtype=np.uint8), mesh,
+        local_labels=rng.integers(0, 10, pool) if with_labels else None)
     indices = parallel.to_global(
         rng.permutation(pool)[:config.global_batch_size].astype(np.int32), mesh)
     inputs = (images, indices)

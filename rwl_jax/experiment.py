@@ -26,6 +26,7 @@ from rwl_jax import diagnostics, methods, models, parallel, rng
 from rwl_jax.data import augment_jax, device_pipeline
 from rwl_jax.data.recipe import AugmentRecipe
 from rwl_jax.errors import ConfigError
+from rwl_jax.online_probe import OnlineProbe
 from rwl_jax.step import ModelDefs, TrainState, make_train_step
 
 AUGMENT_ON = ("host", "device")
@@ -64,10 +65,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for name in ("batch_size", "knn_k", "linear_epochs", "linear_batch_size"):
     if not _positive_int(evaluation[name]):
       raise ConfigError(f"eval.{name} must be an integer >= 1, got {evaluation[name]!r}")
-  for name in ("knn_every_epochs", "linear_every_epochs", "probe_batch_size"):
+  for name in ("knn_every_epochs", "linear_every_epochs", "online_probe_every_epochs",
+               "probe_batch_size"):
     if not (isinstance(evaluation[name], int) and evaluation[name] >= 0):
       raise ConfigError(f"eval.{name} must be an integer >= 0 (0 = off), got {evaluation[name]!r}")
-  for name in ("knn_temperature", "linear_learning_rate"):
+  if not isinstance(evaluation.online_probe, bool):
+    raise ConfigError(f"eval.online_probe must be True or False, got {evaluation.online_probe!r}")
+  for name in ("knn_temperature", "linear_learning_rate", "online_probe_learning_rate"):
     if not evaluation[name] > 0:
       raise ConfigError(f"eval.{name} must be > 0, got {evaluation[name]!r}")
   if not evaluation.linear_weight_decay >= 0:
@@ -119,6 +123,7 @@ class Experiment:
   jitted_step: Callable  # jit of the step the config's input path feeds (host or device views)
   features: Callable  # jit((params, batch_stats, uint8 images, rows)) -> (features, rows)
   probe: Callable  # jit((params, batch_stats, uint8 images)) -> {diagnostic: value}
+  online_probe: OnlineProbe | None  # the linear classifier trained in the step (eval.online_probe)
   _init: Callable = dataclasses.field(repr=False)
 
   @property
@@ -138,11 +143,15 @@ class Experiment:
     return jax.eval_shape(self._init)
 
   def host_inputs_spec(self) -> tuple[dict[str, jax.ShapeDtypeStruct]]:
-    """The abstract inputs of the host-views step: float32 views [B, S, S, 3], data-sharded."""
-    size = self.config.data.image_size
-    view = jax.ShapeDtypeStruct((self.config.global_batch_size, size, size, 3), jnp.float32,
+    """The abstract inputs of the host-views step: float32 views [B, S, S, 3] (and int32 labels
+    [B] with the online probe), data-sharded."""
+    size, batch_size = self.config.data.image_size, self.config.global_batch_size
+    view = jax.ShapeDtypeStruct((batch_size, size, size, 3), jnp.float32,
                                 sharding=self.data_sharded)
-    return ({"view1": view, "view2": view},)
+    spec = {"view1": view, "view2": view}
+    if self.online_probe is not None:
+      spec["label"] = jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=self.data_sharded)
+    return (spec,)
 
   def compile_step(self, state: Any, *inputs: Any) -> tuple[Callable, float]:
     """(the step compiled ahead of time for these (abstract or real) inputs, seconds taken).
@@ -160,10 +169,13 @@ class Experiment:
 
 
 def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *,
-          steps_per_epoch: int) -> Experiment:
-  """Builds the experiment of a validated config on `mesh` for a split of steps_per_epoch batches."""
+          steps_per_epoch: int, num_classes: int | None = None) -> Experiment:
+  """Builds the experiment of a validated config on `mesh` for a split of steps_per_epoch batches
+  (and num_classes labels, needed only by the online probe)."""
   if steps_per_epoch < 1:
     raise ConfigError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
+  if config.eval.online_probe and not (num_classes or 0) >= 2:
+    raise ConfigError(f"eval.online_probe needs the dataset's classes (>= 2), got {num_classes}")
   parallel.check_batch_divisible(config.global_batch_size, mesh)
   recipe = AugmentRecipe.from_config(config.augment)
   method = methods.get(config, mesh)
@@ -178,6 +190,11 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *,
   abstract_model.eval()  # BatchNorm uses its running statistics in evaluation.
   eval_def = nnx.split(abstract_model, nnx.Param, nnx.BatchStat)[0]
   defs = ModelDefs(train=train_def, eval=eval_def)
+  online_probe = None
+  if config.eval.online_probe:
+    online_probe = OnlineProbe(num_features=abstract_model.encoder.num_features,
+                               num_classes=num_classes,
+                               learning_rate=float(config.eval.online_probe_learning_rate))
 
   def init() -> TrainState:
     # A method with an EMA target starts it as an exact copy of the online network (BYOL).
@@ -186,11 +203,14 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *,
       target_params, target_batch_stats = jax.tree.map(jnp.copy, (params, batch_stats))
     else:
       target_params, target_batch_stats = nnx.State({}), nnx.State({})
+    probe_params, probe_opt_state = online_probe.init() if online_probe else ({}, {})
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                       opt_state=tx.init(params), target_params=target_params,
-                      target_batch_stats=target_batch_stats)
+                      target_batch_stats=target_batch_stats, probe_params=probe_params,
+                      probe_opt_state=probe_opt_state)
 
-  train_step = make_train_step(defs, tx, method, seed=config.seed, total_steps=num_steps)
+  train_step = make_train_step(defs, tx, method, seed=config.seed, total_steps=num_steps,
+                               online_probe=online_probe)
   if config.data.augment_on == "device":
     # Inputs (state, uint8 images on every device, the batch's indices): views made in the step.
     step = device_pipeline.with_device_views(train_step, recipe, seed=config.seed,
@@ -231,5 +251,6 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *,
                        out_shardings=replicated),
       probe=jax.jit(probe, in_shardings=(replicated, replicated, sharded),
                     out_shardings=replicated),
+      online_probe=online_probe,
       _init=jax.jit(init, out_shardings=replicated))
 

@@ -57,7 +57,7 @@ def step_temp_bytes(config, mesh: jax.sharding.Mesh) -> int:
   """Per-device temporary bytes of the config's compiled train step (host views [B, H, W, 3])."""
   config = config.copy_and_resolve_references()
   config.data.augment_on = "host"
-  experiment = experiment_lib.build(config, mesh, steps_per_epoch=10)
+  experiment = experiment_lib.build(config, mesh, steps_per_epoch=10, num_classes=10)
   compiled, _ = experiment.compile_step(experiment.abstract_state(),
                                         *experiment.host_inputs_spec())
   return _temp_bytes(compiled)

@@ -56,6 +56,8 @@ DIAGNOSTIC_PANELS = (
     ("LRW band counts", (("lrw_low_band", "-"), ("lrw_high_band", "--")), None),
     ("accuracy", (("knn_top1", "-"), ("knn_top5", "--"), ("linear_top1", ":"),
                   ("linear_top5", "-.")), None),
+    ("online probe (test top-1; train batch dashed)",
+     (("online_top1", "-"), ("online_probe_top1", "--")), None),
     ("images/s", (("images_per_second", "-"),), None),
     ("seconds per step", (("step_seconds", "-"), ("data_wait_seconds", "--")), None),
     ("checkpoint, evaluation seconds", (("checkpoint_seconds", "-"), ("eval_seconds", "--")),
@@ -119,6 +121,8 @@ def markdown_table(runs: Sequence[dict[str, Any]]) -> str:
   columns.append(("linear top-1", lambda run: number(run, "linear_top1", 100)))
   if present("linear_top5"):
     columns.append(("linear top-5", lambda run: number(run, "linear_top5", 100)))
+  if present("online_top1"):
+    columns.append(("online top-1", lambda run: number(run, "online_top1", 100)))
   columns += [("images/s", lambda run: number(run, "images_per_second", 1.0, 0)),
               ("s/epoch", lambda run: number(run, "seconds_per_epoch")),
               ("kNN during training (step: top-1)", curve)]

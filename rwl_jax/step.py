@@ -6,7 +6,7 @@ step is a pure function of its inputs and a resumed run repeats every step exact
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +14,7 @@ import optax
 from flax import nnx, struct
 
 from rwl_jax import losses, methods, rng
+from rwl_jax.online_probe import OnlineProbe
 
 
 @struct.dataclass
@@ -23,6 +24,8 @@ class TrainState:
   target_params / target_batch_stats: the EMA target network of BYOL-style methods, a full copy of
   the online network's state (same graph, so the same pytree structure; its predictor copy is never
   called), and empty States for methods without a target.
+  probe_params / probe_opt_state: the online linear probe's W, b and optimiser state
+  (rwl_jax.online_probe) when eval.online_probe is on, empty dicts otherwise.
   """
 
   step: jax.Array
@@ -31,6 +34,8 @@ class TrainState:
   opt_state: optax.OptState
   target_params: nnx.State
   target_batch_stats: nnx.State
+  probe_params: dict = struct.field(default_factory=dict)
+  probe_opt_state: Any = struct.field(default_factory=dict)
 
 
 @struct.dataclass
@@ -61,11 +66,14 @@ StepFn = Callable[[TrainState, dict], tuple[TrainState, dict]]
 
 
 def make_train_step(defs: ModelDefs, tx: optax.GradientTransformation, method: methods.Method,
-                    *, seed: int, total_steps: int) -> StepFn:
-  """The pure step: (state, batch) -> (state, metrics); batch holds 'view1' and 'view2'.
+                    *, seed: int, total_steps: int,
+                    online_probe: OnlineProbe | None = None) -> StepFn:
+  """The pure step: (state, batch) -> (state, metrics); batch holds 'view1' and 'view2' (and
+  'label', read only by the online probe).
 
   metrics: loss, grad_norm, representation_std (~1 for spread-out projections, 0 at collapse),
-  the method's aux terms and, with an EMA target, ema_momentum. The method's randomness (GSG's
+  the method's aux terms, with an EMA target ema_momentum, and with an online probe its batch
+  loss and top-1 (the probe trains on the step's stop-gradient encoder features). The method's randomness (GSG's
   pairing) is the 'method' stream of (seed, state.step). With an EMA target, the momentum follows
   methods.ema_momentum(state.step, total_steps, method.base_momentum) and the target moves toward
   the online parameters AFTER this step's update, as in BYOL.
@@ -93,7 +101,7 @@ def make_train_step(defs: ModelDefs, tx: optax.GradientTransformation, method: m
     model = nnx.merge(defs.train, state.params, state.batch_stats)
 
     def loss_of(model):
-      _, projections = model(views)
+      features, projections = model(views)
       z1, z2 = split_views(projections.astype(jnp.float32))
       p1 = p2 = None
       if method.predictor:
@@ -102,10 +110,10 @@ def make_train_step(defs: ModelDefs, tx: optax.GradientTransformation, method: m
       # losses stop their gradient themselves.
       loss, aux = method.loss(methods.Outputs(z1, z2, p1, p2),
                               targets if method.ema_target else (z1, z2), key)
-      return loss, (jax.lax.stop_gradient(z1), aux)
+      return loss, (jax.lax.stop_gradient(z1), jax.lax.stop_gradient(features), aux)
 
     # nnx.value_and_grad differentiates the Params and carries BatchNorm's updates out.
-    (loss, (z1, aux)), grads = nnx.value_and_grad(loss_of, has_aux=True)(model)
+    (loss, (z1, features, aux)), grads = nnx.value_and_grad(loss_of, has_aux=True)(model)
     batch_stats = nnx.state(model, nnx.BatchStat)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -115,9 +123,17 @@ def make_train_step(defs: ModelDefs, tx: optax.GradientTransformation, method: m
       momentum = methods.ema_momentum(state.step, total_steps, method.base_momentum)
       target_params = methods.ema_update(state.target_params, params, momentum)
       metrics["ema_momentum"] = momentum
+    probe_params, probe_opt_state = state.probe_params, state.probe_opt_state
+    if online_probe is not None:
+      # Rows 2i and 2i + 1 are the two views of image i (interleave_views).
+      labels = jnp.repeat(batch["label"].astype(jnp.int32), 2)
+      probe_params, probe_opt_state, probe_metrics = online_probe.update(
+          state.probe_params, state.probe_opt_state, features, labels)
+      metrics.update(probe_metrics)
     new_state = TrainState(step=state.step + 1, params=params, batch_stats=batch_stats,
                            opt_state=opt_state, target_params=target_params,
-                           target_batch_stats=target_batch_stats)
+                           target_batch_stats=target_batch_stats, probe_params=probe_params,
+                           probe_opt_state=probe_opt_state)
     return new_state, metrics
 
   return train_step

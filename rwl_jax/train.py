@@ -81,7 +81,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.PathLik
   mesh = parallel.make_mesh()
   data = inputs.load_data(config)
   experiment = experiment_lib.build(config, mesh,
-                                    steps_per_epoch=data.steps_per_epoch(config.global_batch_size))
+                                    steps_per_epoch=data.steps_per_epoch(config.global_batch_size),
+                                    num_classes=len(data.class_names))
   num_steps = experiment.num_steps
 
   with contextlib.ExitStack() as cleanup:

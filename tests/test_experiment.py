@@ -25,7 +25,7 @@ def test_device_step_gives_each_consumer_its_own_stream(monkeypatch):
       seed, step, name))
   images = jax.ShapeDtypeStruct((jax.device_count(), 16, 32, 32, 3), np.uint8)
   indices = jax.ShapeDtypeStruct((8,), np.int32)
-  jax.eval_shape(built.jitted_step, built.abstract_state(), images, indices)
+  jax.eval_shape(built.jitted_step, built.abstract_state(), {"image": images}, indices)
   assert sorted(used) == ["method", "view1", "view2"]
 
 

@@ -43,6 +43,13 @@ def test_trains_checkpoints_resumes_and_reports(method, cifar_dir, tmp_path):
   assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
   # The saved final checkpoint evaluates to the run's own kNN figure.
   assert evaluate_checkpoint(str(workdir), linear=False)["knn_top1"] == results["knn_top1"]
+  # A run written before a setting existed (here the online probe's) still evaluates: missing
+  # settings take their defaults.
+  written = json.loads((workdir / "config.json").read_text())
+  for name in ("online_probe", "online_probe_learning_rate", "online_probe_every_epochs"):
+    del written["eval"][name]
+  (workdir / "config.json").write_text(json.dumps(written))
+  assert evaluate_checkpoint(str(workdir), linear=False)["knn_top1"] == results["knn_top1"]
 
   # A second run on the same workdir with more epochs resumes at step 40 instead of restarting.
   config.num_epochs = 5

@@ -112,6 +112,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval.linear_batch_size = 1024
   config.eval.linear_learning_rate = 0.1
   config.eval.linear_weight_decay = 0.0
+  # A softmax classifier trained inside the step on the encoder's stop-gradient features (as BYOL
+  # and solo-learn report; rwl_jax/online_probe.py): logs online_probe_loss/top1 at each log step,
+  # and online_top1/top5 on the test split at the end and every online_probe_every_epochs.
+  config.eval.online_probe = False
+  config.eval.online_probe_learning_rate = 0.1
+  config.eval.online_probe_every_epochs = 0  # 0 = only at the end
 
   config.log_every_steps = 50
   # jax.profiler trace of num_steps steps from start_step (0 = off) into WORKDIR/profile.

@@ -25,36 +25,49 @@ from rwl_jax.data.recipe import AugmentRecipe
 
 
 def put_dataset(local_images: np.ndarray, mesh: jax.sharding.Mesh,
-                max_process_examples: int | None = None) -> jax.Array:
-  """This process's uint8 images on each of its devices, as one global [devices, N, ...] array.
+                max_process_examples: int | None = None,
+                local_labels: np.ndarray | None = None) -> dict[str, jax.Array]:
+  """This process's uint8 images (and int32 labels, if given) on each of its devices:
+  {'image': [devices, N, H, W, 3], 'label': [devices, N]} global arrays.
 
   N = max_process_examples (processes may hold one example more or less; shorter ones are
   padded, and the padding is never indexed).
   """
   count = max_process_examples or len(local_images)
-  padded = np.zeros((count,) + local_images.shape[1:], np.uint8)
-  padded[:len(local_images)] = local_images
-  shape = (mesh.devices.size,) + padded.shape
-  # Called only for this process's devices; each gets the whole local block.
-  return jax.make_array_from_callback(shape, parallel.data_sharded(mesh), lambda _: padded[None])
+  local = {"image": local_images.astype(np.uint8, copy=False)}
+  if local_labels is not None:
+    local["label"] = np.asarray(local_labels, np.int32)
+
+  def on_devices(values: np.ndarray) -> jax.Array:
+    padded = np.zeros((count,) + values.shape[1:], values.dtype)
+    padded[:len(values)] = values
+    # Called only for this process's devices; each gets the whole local block.
+    return jax.make_array_from_callback((mesh.devices.size,) + padded.shape,
+                                        parallel.data_sharded(mesh), lambda _: padded[None])
+
+  return {name: on_devices(values) for name, values in local.items()}
 
 
 def with_device_views(train_step: Callable, recipe: AugmentRecipe, *, seed: int, image_size: int,
                       mesh: jax.sharding.Mesh) -> Callable:
-  """train_step(state, {'view1', 'view2'}) -> step(state, images, indices) making the views itself.
+  """train_step(state, {'view1', 'view2'[, 'label']}) -> step(state, dataset, indices) making the
+  views itself.
 
-  indices: [global batch] int32 sharded on the data axis, each row an index into the block of
-  the device holding that row.
+  dataset: put_dataset's arrays; indices: [global batch] int32 sharded on the data axis, each row
+  an index into the block of the device holding that row.
   """
   data = PartitionSpec(parallel.DATA_AXIS)
-  gather = jax.shard_map(lambda block, rows: jnp.take(block[0], rows, axis=0), mesh=mesh,
-                         in_specs=(data, data), out_specs=data)
+  gather = jax.shard_map(
+      lambda blocks, rows: jax.tree.map(lambda block: jnp.take(block[0], rows, axis=0), blocks),
+      mesh=mesh, in_specs=(data, data), out_specs=data)
 
-  def step(state, images: jax.Array, indices: jax.Array):
-    batch = gather(images, indices)
-    views = {view: augment_jax.random_view(rng.stream_key(seed, state.step, view), batch, recipe,
-                                           image_size)
-             for view in ("view1", "view2")}
-    return train_step(state, views)
+  def step(state, dataset: dict[str, jax.Array], indices: jax.Array):
+    batch = gather(dataset, indices)
+    inputs = {view: augment_jax.random_view(rng.stream_key(seed, state.step, view),
+                                            batch["image"], recipe, image_size)
+              for view in ("view1", "view2")}
+    if "label" in batch:
+      inputs["label"] = batch["label"]
+    return train_step(state, inputs)
 
   return step

@@ -84,6 +84,7 @@ def train_inputs(config: ml_collections.ConfigDict, data: ProcessData, mesh: jax
   batch_size = config.global_batch_size
   steps_per_epoch = data.steps_per_epoch(batch_size)
   sharded = parallel.data_sharded(mesh)
+  with_labels = bool(config.eval.online_probe)  # only the online probe reads them
   if config.data.augment_on == "host":
     from rwl_jax.data import pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow)
 
@@ -93,25 +94,32 @@ def train_inputs(config: ml_collections.ConfigDict, data: ProcessData, mesh: jax
         first_step=first_step, last_step=steps_per_epoch * config.num_epochs,
         prefetch=config.data.prefetch_batches)
 
+    names = ("view1", "view2") + (("label",) if with_labels else ())
+
     def host_inputs(epoch: int, start_step: int):
       for _ in range(start_step, steps_per_epoch):
         batch = next(batches)
-        yield (parallel.to_global({"view1": batch["view1"], "view2": batch["view2"]}, mesh),)
+        if with_labels:
+          batch["label"] = batch["label"].astype(np.int32)
+        yield (parallel.to_global({name: batch[name] for name in names}, mesh),)
 
     size = config.data.image_size
     view = jax.ShapeDtypeStruct((batch_size, size, size, 3), np.float32, sharding=sharded)
-    return TrainInputs(host_inputs, ({"view1": view, "view2": view},))
+    label = jax.ShapeDtypeStruct((batch_size,), np.int32, sharding=sharded)
+    return TrainInputs(host_inputs, ({"view1": view, "view2": view, "label": label}
+                                     if with_labels else {"view1": view, "view2": view},))
 
-  images = device_pipeline.put_dataset(data.train.images, mesh,
-                                       data.train_shards.max_process_examples)
+  dataset = device_pipeline.put_dataset(data.train.images, mesh,
+                                        data.train_shards.max_process_examples,
+                                        data.train.labels if with_labels else None)
 
   def device_inputs(epoch: int, start_step: int):
     indices = data.train_shards.local_epoch_order(batch_size, config.seed, epoch)
     for local_indices in indices[start_step:]:
-      yield images, parallel.to_global(local_indices.astype(np.int32), mesh)
+      yield dataset, parallel.to_global(local_indices.astype(np.int32), mesh)
 
   return TrainInputs(device_inputs, (
-      images, jax.ShapeDtypeStruct((batch_size,), np.int32, sharding=sharded)))
+      dataset, jax.ShapeDtypeStruct((batch_size,), np.int32, sharding=sharded)))
 
 
 def probe_images(data: ProcessData, probe_batch_size: int, mesh: jax.sharding.Mesh) -> jax.Array:

@@ -2,7 +2,7 @@
 
     features = FeatureExtractor(experiment, data)       # the experiment's jitted feature function
     for evaluator in build_evaluators(config, num_classes):
-      scalars = evaluator(features.of(state))            # {'knn_top1': ..., 'knn_top5': ...}
+      scalars = evaluator(features.of(state), state)     # {'knn_top1': ..., 'knn_top5': ...}
 
 The features of a state are extracted once and shared by every evaluator due at that moment, and
 the feature function is compiled once per run (not once per evaluation).
@@ -17,7 +17,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from rwl_jax import parallel
+from rwl_jax import online_probe, parallel
 from rwl_jax.data import order, sources
 from rwl_jax.evaluate.knn import knn_accuracy
 from rwl_jax.evaluate.linear_probe import linear_probe_accuracy
@@ -87,7 +87,7 @@ class Evaluator(Protocol):
   name: str
   every_epochs: int  # 0 = only at the end of the run
 
-  def __call__(self, features: SplitFeatures) -> dict[str, float]:
+  def __call__(self, features: SplitFeatures, state) -> dict[str, float]:
     ...
 
 
@@ -101,7 +101,7 @@ class KnnEvaluator:
   every_epochs: int = 0
   name: str = "knn"
 
-  def __call__(self, features: SplitFeatures) -> dict[str, float]:
+  def __call__(self, features: SplitFeatures, state=None) -> dict[str, float]:
     accuracy = knn_accuracy(*features.train, *features.test, num_classes=self.num_classes,
                             k=self.k, temperature=self.temperature)
     return {f"knn_{key}": value for key, value in accuracy.items()}
@@ -120,7 +120,7 @@ class LinearProbeEvaluator:
   every_epochs: int = 0
   name: str = "linear"
 
-  def __call__(self, features: SplitFeatures) -> dict[str, float]:
+  def __call__(self, features: SplitFeatures, state=None) -> dict[str, float]:
     accuracy = linear_probe_accuracy(
         *features.train, *features.test, num_classes=self.num_classes, epochs=self.epochs,
         batch_size=self.batch_size, learning_rate=self.learning_rate,
@@ -128,9 +128,32 @@ class LinearProbeEvaluator:
     return {f"linear_{key}": value for key, value in accuracy.items()}
 
 
+@jax.jit
+def _online_correct(probe_params, features, labels):
+  return online_probe.top_k_correct(online_probe.logits(probe_params, features), labels, k=5)
+
+
+@dataclasses.dataclass(frozen=True)
+class OnlineProbeEvaluator:
+  """The state's online linear probe (trained in the step) on the test split's frozen features:
+  online_top1, online_top5. Nothing is trained here."""
+
+  every_epochs: int = 0
+  name: str = "online"
+
+  def __call__(self, features: SplitFeatures, state) -> dict[str, float]:
+    test_features, test_labels = features.test
+    top1, top5 = _online_correct(parallel.fetch(state.probe_params), test_features, test_labels.astype(np.int32))
+    return {"online_top1": float(top1) / len(test_labels),
+            "online_top5": float(top5) / len(test_labels)}
+
+
 def build_evaluators(config: ml_collections.ConfigDict, num_classes: int) -> list[Any]:
-  """The config's evaluators: kNN and the linear probe, each scheduled by its eval.*_every_epochs."""
+  """The config's evaluators: kNN, the linear probe and (eval.online_probe) the online probe, each
+  scheduled by its eval.*_every_epochs."""
   evaluation = config.eval
+  online = ([OnlineProbeEvaluator(every_epochs=evaluation.online_probe_every_epochs)]
+            if evaluation.online_probe else [])
   return [
       KnnEvaluator(num_classes=num_classes, k=evaluation.knn_k,
                    temperature=float(evaluation.knn_temperature),
@@ -140,7 +163,7 @@ def build_evaluators(config: ml_collections.ConfigDict, num_classes: int) -> lis
                            learning_rate=float(evaluation.linear_learning_rate),
                            weight_decay=float(evaluation.linear_weight_decay), seed=config.seed,
                            every_epochs=evaluation.linear_every_epochs),
-  ]
+  ] + online
 
 
 def run_evaluators(evaluators, extractor: FeatureExtractor, state) -> dict[str, float]:
@@ -150,5 +173,5 @@ def run_evaluators(evaluators, extractor: FeatureExtractor, state) -> dict[str, 
   features = extractor.of(state)
   results = {}
   for evaluator in evaluators:
-    results.update(evaluator(features))
+    results.update(evaluator(features, state))
   return results

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from rwl_jax import online_probe
 from rwl_jax.errors import ConfigError
 from rwl_jax.evaluate.knn import check_features_and_labels, is_int, is_real
 
@@ -59,8 +60,8 @@ def _make_optimizer(learning_rate, weight_decay, total_steps: int) -> optax.Grad
 
 
 def _loss(params, features, labels, mask):
-  logits = features @ params["w"] + params["b"]
-  per_row = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  per_row = optax.softmax_cross_entropy_with_integer_labels(
+      online_probe.logits(params, features), labels)
   return jnp.sum(per_row * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
@@ -99,10 +100,8 @@ def _train(features: jax.Array, labels: jax.Array, key: jax.Array, learning_rate
 
 @jax.jit
 def _count_correct(params, features, labels) -> tuple[jax.Array, jax.Array]:
-  """(top-1, top-5) correct rows; top_k breaks ties toward the smaller class, as argmax does."""
-  logits = features @ params["w"] + params["b"]
-  _, best = jax.lax.top_k(logits, min(5, logits.shape[-1]))
-  return jnp.sum(best[:, 0] == labels), jnp.sum(jnp.any(best == labels[:, None], axis=-1))
+  """(top-1, top-5) correct rows."""
+  return online_probe.top_k_correct(online_probe.logits(params, features), labels, k=5)
 
 
 def linear_probe_top1(train_features, train_labels, test_features, test_labels, *,

@@ -20,6 +20,7 @@ from etils import epath
 from rwl_jax import experiment as experiment_lib
 from rwl_jax import parallel, paths
 from rwl_jax.checkpoint import Checkpointer
+from rwl_jax.configs import common
 from rwl_jax.data import inputs
 from rwl_jax.errors import ConfigError
 from rwl_jax.evaluate.evaluators import FeatureExtractor, build_evaluators, run_evaluators
@@ -55,17 +56,29 @@ class Run:
     return self.extractor.split(self.state, split)
 
 
+def _merged(defaults: dict, saved: dict) -> dict:
+  """defaults updated by saved, recursively (saved wins; nested sections merge)."""
+  merged = dict(defaults)
+  for name, value in saved.items():
+    both_sections = isinstance(value, dict) and isinstance(defaults.get(name), dict)
+    merged[name] = _merged(defaults[name], value) if both_sections else value
+  return merged
+
+
 def load_run(workdir: epath.PathLike, step: int | None = None) -> Run:
   """Reads workdir/config.json and restores checkpoint `step` (default: the newest readable)."""
   workdir = paths.workdir(workdir)
   config_path = workdir / "config.json"
   if not config_path.is_file():
     raise ConfigError(f"{config_path} not found: --workdir must be a directory a training run wrote")
-  config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+  # Settings added to the library after the run was written take their defaults.
+  config = ml_collections.ConfigDict(
+      _merged(common.get_config().to_dict(), json.loads(config_path.read_text())))
   data = inputs.load_data(config)
   experiment = experiment_lib.build(
       config, parallel.make_mesh(),
-      steps_per_epoch=data.steps_per_epoch(config.global_batch_size))
+      steps_per_epoch=data.steps_per_epoch(config.global_batch_size),
+      num_classes=len(data.class_names))
   checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
   try:
     if step is None:
