@@ -11,7 +11,15 @@ from absl import logging
 from etils import epath
 
 from rwl_jax import parallel, paths
-from rwl_jax.errors import ConfigError
+from rwl_jax.errors import ConfigError, RunError
+
+
+class CheckpointDamaged(RunError):
+  """A checkpoint whose files cannot be read back (lost, cut short): damage, not a mismatch."""
+
+
+def _first_line(error: Exception) -> str:
+  return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
 
 
 class Checkpointer:
@@ -37,15 +45,28 @@ class Checkpointer:
     """Restores step into the structure, shapes, dtypes and shardings of `target`.
 
     `target` may hold arrays or jax.ShapeDtypeStruct leaves (with .sharding).
+    Raises ConfigError when the checkpoint holds another model (readable, other shapes) and
+    CheckpointDamaged when its files cannot be read.
     """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    try:
+      metadata = self._manager.item_metadata(step)
+    except Exception as error:  # Orbax/TensorStore raise many types for unreadable data.
+      raise CheckpointDamaged(f"checkpoint {self.directory}/{step} is damaged: its metadata "
+                              f"cannot be read ({_first_line(error)})") from None
+    if not metadata:  # the metadata file is gone: nothing says what the checkpoint holds
+      raise CheckpointDamaged(f"checkpoint {self.directory}/{step} is damaged: its metadata "
+                              "file is missing")
     # Compare shapes first: a failed Orbax restore leaves asyncio tracebacks behind at exit.
-    mismatch = _first_mismatch(_shapes_by_path(self._manager.item_metadata(step)),
-                               _shapes_by_path(abstract))
+    mismatch = _first_mismatch(_shapes_by_path(metadata), _shapes_by_path(abstract))
     if mismatch:
       raise ConfigError(f"checkpoint {self.directory}/{step} does not match this config "
                         f"({mismatch}); use a new --workdir or the config it was trained with")
-    return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    try:
+      return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    except Exception as error:  # pylint: disable=broad-except
+      raise CheckpointDamaged(f"checkpoint {self.directory}/{step} is damaged: "
+                              f"{_first_line(error)}") from None
 
   def restore_newest_readable(self, target: Any) -> tuple[int | None, Any]:
     """(step, state) from the newest checkpoint that reads back; (None, target) if there is none.
@@ -60,10 +81,8 @@ class Checkpointer:
       problem, restored = None, None
       try:
         restored = self.restore(step, target)
-      except ConfigError:
-        raise
-      except Exception as error:  # Orbax/TensorStore raise many types for unreadable data.
-        problem = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+      except CheckpointDamaged as error:
+        problem = str(error)
       if not parallel.any_process(problem is not None):
         return step, restored
       logging.warning("checkpoint %s/%d is unreadable (%s); kept as %d.unreadable, trying the "

@@ -24,6 +24,7 @@ from etils import epath
 from rwl_jax import experiment as experiment_lib
 from rwl_jax import hooks as hooks_lib
 from rwl_jax import loop, parallel, paths
+from rwl_jax import workdir as workdir_lib
 from rwl_jax.checkpoint import Checkpointer
 from rwl_jax.data import inputs
 from rwl_jax.errors import ConfigError, RunError
@@ -31,9 +32,18 @@ from rwl_jax.evaluate.evaluators import FeatureExtractor, build_evaluators, run_
 from rwl_jax.metrics import MetricWriter
 
 
-def _save_config(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
-  if jax.process_index() == 0:
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+def write_results(results: dict[str, Any], path: epath.Path) -> None:
+  """Writes results as JSON (process 0); if that fails, the figures still reach the log and the
+  error line names the file, so nothing computed is lost."""
+  if jax.process_index() != 0:
+    return
+  text = json.dumps(results, indent=2, sort_keys=True, default=str)
+  try:
+    path.write_text(text)
+  except OSError as error:
+    logging.error("results that could not be written:\n%s", text)
+    raise RunError(f"{path} cannot be written ({error.strerror or error}); the results are in "
+                   "the log above") from None
 
 
 def _median(values: list[float]) -> float | None:
@@ -67,27 +77,35 @@ def _find(hooks: list[hooks_lib.Hook], kind: type) -> Any:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.PathLike, *,
-                       on_metrics: Callable[[int, int, dict[str, float]], None] | None = None
-                       ) -> dict[str, Any]:
+                       on_metrics: Callable[[int, int, dict[str, float]], None] | None = None,
+                       accept_config_change: bool = False) -> dict[str, Any]:
   """Trains config.method on config.data, resuming from workdir's checkpoints; returns results.
 
   Writes workdir/config.json, TensorBoard events, metrics.jsonl, checkpoints/ and results.json.
-  on_metrics(step, num_steps, scalars), if given, sees every scalar write on process 0 (training
-  averages, diagnostics, evaluations, the final results), e.g. to drive a progress bar.
+  A workdir holds one run at a time (workdir.WorkdirLock), and a rerun whose settings change what
+  is trained stops before anything in the workdir changes, unless accept_config_change
+  (workdir.check_rerun). on_metrics(step, num_steps, scalars), if given, sees every scalar write
+  on process 0 (training averages, diagnostics, evaluations, the final results), e.g. to drive a
+  progress bar.
   """
   experiment_lib.validate_config(config)
   workdir_path = paths.workdir(workdir)  # local or a URL (gs://), never a local 'gs:' folder
-  workdir_path.mkdir(parents=True, exist_ok=True)
-  mesh = parallel.make_mesh()
-  data = inputs.load_data(config)
-  experiment = experiment_lib.build(config, mesh,
-                                    steps_per_epoch=data.steps_per_epoch(config.global_batch_size),
-                                    num_classes=len(data.class_names))
-  num_steps = experiment.num_steps
+  workdir_lib.prepare(workdir_path)
 
   with contextlib.ExitStack() as cleanup:
+    # The workdir first: a second run or a refused rerun stops in seconds, before any data.
+    cleanup.enter_context(workdir_lib.WorkdirLock(workdir_path))
     checkpointer = Checkpointer(workdir_path, keep=config.keep_checkpoints)
     cleanup.callback(checkpointer.close)
+    changes = workdir_lib.check_rerun(workdir_path, config,
+                                      has_checkpoint=bool(checkpointer.all_steps()),
+                                      accept_change=accept_config_change)
+    mesh = parallel.make_mesh()
+    data = inputs.load_data(config)
+    experiment = experiment_lib.build(
+        config, mesh, steps_per_epoch=data.steps_per_epoch(config.global_batch_size),
+        num_classes=len(data.class_names))
+    num_steps = experiment.num_steps
     resumed_step, state = checkpointer.restore_newest_readable(experiment.init_state())
     step = int(parallel.fetch(state.step))
     if resumed_step is not None:
@@ -95,10 +113,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.PathLik
     if step > num_steps:
       raise ConfigError(f"the checkpoint in {workdir_path} is at step {step}, past this config's "
                         f"{num_steps} steps; use a new --workdir or more num_epochs")
-    _save_config(config, workdir_path)
-    writer = MetricWriter(workdir_path, resume_step=step, on_write=None if on_metrics is None else (
-        lambda at, scalars: on_metrics(at, num_steps, scalars)))
-    cleanup.callback(writer.close)
 
     train_inputs = inputs.train_inputs(config, data, mesh, first_step=step)
     step_fn, compile_seconds = experiment.compile_step(state, *train_inputs.abstract)
@@ -109,6 +123,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.PathLik
       if hasattr(hook, "close"):
         cleanup.callback(hook.close)
     log, checkpoint = _find(hooks, hooks_lib.LogMetrics), _find(hooks, hooks_lib.Checkpoint)
+    # Accepted: every check has passed, so only now does anything in the workdir change.
+    workdir_lib.record_config(workdir_path, config, changes, step)
+    writer = MetricWriter(workdir_path, resume_step=step, on_write=None if on_metrics is None else (
+        lambda at, scalars: on_metrics(at, num_steps, scalars)))
+    cleanup.callback(writer.close)
     logging.info("%s on %d train / %d test images, %d devices, %d steps of batch %d; step "
                  "compiled in %.1f s", config.method, data.train_shards.num_examples,
                  data.test_shards.num_examples, mesh.devices.size, num_steps,
@@ -145,26 +164,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.PathLik
     results = run_evaluators(evaluators, extractor, state)
     writer.write_scalars(context.step, results)
 
-  # The first window after a (re)start runs the step for the first time; report steady ones.
-  steady = [w for w in log.windows if w["first_step"] != step] or log.windows
-  results.update(
-      method=config.method, epochs=config.num_epochs, steps=context.step,
-      global_batch_size=config.global_batch_size, compile_seconds=compile_seconds,
-      seconds_per_epoch=_median(log.epoch_seconds[1:] or log.epoch_seconds),
-      images_per_second=_median([w["images_per_second"] for w in steady]),
-      step_seconds=_median([w["step_seconds"] for w in steady]),
-      data_wait_seconds=_median([w["data_wait_seconds"] for w in steady]),
-      data=config.data.image_dir or f"tfds:{config.data.tfds_name}",
-      train_examples=data.train_shards.num_examples,
-      test_examples=data.test_shards.num_examples, data_shards=data.train_shards.num_shards,
-      devices=[str(d.device_kind) for d in mesh.devices.flat], jax_version=jax.__version__,
-      config=json.loads(config.to_json_best_effort()))
-  _keep_measured_speed(results, workdir_path / "results.json")
-  if jax.process_index() == 0:
-    (workdir_path / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True))
-  logging.info("%s -> %s", " ".join(f"{name} {results[name]:.4f}" for name in results
-                                    if name.startswith(("knn_", "linear_"))),
-               workdir_path / "results.json")
+    # The first window after a (re)start runs the step for the first time; report steady ones.
+    steady = [w for w in log.windows if w["first_step"] != step] or log.windows
+    results.update(
+        method=config.method, epochs=config.num_epochs, steps=context.step,
+        global_batch_size=config.global_batch_size, compile_seconds=compile_seconds,
+        seconds_per_epoch=_median(log.epoch_seconds[1:] or log.epoch_seconds),
+        images_per_second=_median([w["images_per_second"] for w in steady]),
+        step_seconds=_median([w["step_seconds"] for w in steady]),
+        data_wait_seconds=_median([w["data_wait_seconds"] for w in steady]),
+        data=config.data.image_dir or f"tfds:{config.data.tfds_name}",
+        train_examples=data.train_shards.num_examples,
+        test_examples=data.test_shards.num_examples, data_shards=data.train_shards.num_shards,
+        devices=[str(d.device_kind) for d in mesh.devices.flat], jax_version=jax.__version__,
+        config=json.loads(config.to_json_best_effort()))
+    _keep_measured_speed(results, workdir_path / "results.json")
+    write_results(results, workdir_path / "results.json")
+    logging.info("%s -> %s", " ".join(f"{name} {results[name]:.4f}" for name in results
+                                      if name.startswith(("knn_", "linear_"))),
+                 workdir_path / "results.json")
   return results
 
 

@@ -111,8 +111,12 @@ def test_checkpoint_of_another_model(config, tmp_path):
   config.eval.linear_epochs = 1
   run(config, tmp_path)
   config.model.width = 16  # same workdir, different shapes
-  with pytest.raises(ConfigError, match="does not match this config"):
+  with pytest.raises(ConfigError, match=r"holds a run whose settings differ from this command's: "
+                                        r"model.width 8 -> 16; rerun with the run's settings"):
     run(config, tmp_path)
+  # Accepted or not, the checkpoint cannot hold the new shapes: that is the checkpoint's own error.
+  with pytest.raises(ConfigError, match="does not match this config"):
+    train.train_and_evaluate(config, str(tmp_path / "work"), accept_config_change=True)
 
 
 @pytest.mark.slow

@@ -25,6 +25,31 @@ def test_damaged_newest_checkpoint_falls_back(cifar_dir, tmp_path, caplog):
 
   config.num_epochs = 3
   with caplog.at_level(logging.WARNING):
-    results = train.train_and_evaluate(config, str(workdir))
+    results = train.train_and_evaluate(config, str(workdir), accept_config_change=True)
   assert any("checkpoints/10 is unreadable" in r.getMessage() for r in caplog.records)
   assert results["steps"] == 15  # resumed at 5, trained 10 more steps
+
+
+def test_lost_metadata_is_damage_not_a_config_mismatch(cifar_dir, tmp_path, caplog):
+  """Before: a checkpoint whose metadata file was deleted was reported as 'does not match this
+  config; use a new --workdir'. It is damage: set aside, previous one used, by evaluate too."""
+  from rwl_jax.evaluate.__main__ import evaluate_checkpoint  # pylint: disable=g-import-not-at-top
+
+  config = tiny_config(cifar_dir, tmp_path / "cache")
+  config.data.max_train_examples = 160  # checkpoints at 5 and 10
+  config.eval.linear_epochs = 1
+  workdir = tmp_path / "work"
+  results = train.train_and_evaluate(config, str(workdir))
+  (workdir / "checkpoints" / "10" / "default" / "_METADATA").unlink()
+
+  with caplog.at_level(logging.WARNING):
+    evaluated = evaluate_checkpoint(str(workdir), linear=False)
+  assert any("checkpoints/10 is damaged: its metadata file is missing" in r.getMessage()
+             for r in caplog.records)
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["10.unreadable", "5"]
+  assert 0 <= evaluated["knn_top1"] <= 1 and (workdir / "eval_step_5.json").is_file()
+
+  # The same command resumes from step 5 and trains steps 6-10 again.
+  again = train.train_and_evaluate(config, str(workdir))
+  assert again["steps"] == 10 and (workdir / "checkpoints" / "10").is_dir()
+  assert results["knn_top1"] == pytest.approx(again["knn_top1"], abs=1e-6)

@@ -39,7 +39,7 @@ def test_signal_saves_a_checkpoint_and_the_rerun_resumes(stop, said, cifar_dir, 
   steps_per_epoch = 640 // 32
   epochs = step // steps_per_epoch + 1
   command[command.index("--config.num_epochs=50")] = f"--config.num_epochs={epochs}"
-  done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
+  done = subprocess.run(command + ["--accept_config_change"], cwd=REPO, capture_output=True, text=True, timeout=300,
                         env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert done.returncode == 0, done.stderr[-2000:]
   assert f"resumed from {workdir.resolve() / 'checkpoints'} at step {step}" in done.stderr

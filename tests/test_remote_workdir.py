@@ -60,7 +60,7 @@ def test_gs_workdir_train_interrupt_resume_evaluate_report(cifar_dir, tmp_path):
   # The same command for one epoch in total resumes from the bucket's checkpoint and finishes.
   epochs = step // (640 // 32) + 1
   train[train.index("--config.num_epochs=50")] = f"--config.num_epochs={epochs}"
-  done = _run(train, cwd)
+  done = _run(train + ["--accept_config_change"], cwd)
   assert done.returncode == 0, done.stderr[-3000:]
   assert f"resumed from gs://lab/runs/rwl/checkpoints at step {step}" in done.stderr
   results = json.loads((run_dir / "results.json").read_text())

@@ -7,6 +7,7 @@ import pytest
 
 from conftest import tiny_config
 from rwl_jax import train
+from rwl_jax.errors import ConfigError
 from rwl_jax.evaluate.__main__ import evaluate_checkpoint
 
 pytestmark = pytest.mark.slow  # compiles full train steps; `-m 'not slow'` skips it
@@ -51,9 +52,18 @@ def test_trains_checkpoints_resumes_and_reports(method, cifar_dir, tmp_path):
   (workdir / "config.json").write_text(json.dumps(written))
   assert evaluate_checkpoint(str(workdir), linear=False)["knn_top1"] == results["knn_top1"]
 
-  # A second run on the same workdir with more epochs resumes at step 40 instead of restarting.
+  # A second run on the same workdir with more epochs resumes at step 40 instead of restarting,
+  # once the change is accepted; it is recorded in the run's history.
   config.num_epochs = 5
-  again = train.train_and_evaluate(config, str(workdir))
+  before = {path: path.read_bytes() for path in workdir.rglob("*") if path.is_file()}
+  with pytest.raises(ConfigError, match=r"settings differ from this command's: num_epochs 4 -> 5"):
+    train.train_and_evaluate(config, str(workdir))
+  # Refused: nothing in the workdir changed (config.json, metrics, results, checkpoints).
+  assert {path: path.read_bytes() for path in workdir.rglob("*") if path.is_file()} == before
+  again = train.train_and_evaluate(config, str(workdir), accept_config_change=True)
+  history = [json.loads(line) for line in (workdir / "config_history.jsonl").read_text().splitlines()]
+  assert history == [{"time": history[0]["time"], "step": 40,
+                      "changes": {"num_epochs": {"old": 4, "new": 5}}}]
   assert again["steps"] == 50
   steps = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()
            if "loss" in json.loads(line)]
