@@ -115,6 +115,8 @@ def run(main: Callable[[], None], argv: Sequence[str] | None = None, *,
       main()
     except (ConfigError, RunError) as error:
       _fail(error)
+    except KeyboardInterrupt:  # Ctrl-C outside the train loop (which saves and says so itself)
+      _fail("interrupted")
 
   # Parsed already: a second parse would define ml_collections' --config.FIELD flags twice.
   app.run(harnessed, argv=argv, flags_parser=lambda _: arguments)
@@ -170,10 +172,23 @@ def _parse_flags(argv: list[str]) -> list[str]:
     # A config file that raised: the first line says where, the last one what.
     said = lines[0] if len(lines) < 2 else f"{lines[0].rstrip(':')}: {lines[-1]}"
     raise ConfigError(said) from None
+  except SyntaxError as error:  # a config file that does not parse (raised while loading it)
+    raise ConfigError(f"--config={error.filename} cannot be loaded: {error.msg} (line "
+                      f"{error.lineno})") from None
   except (AttributeError, KeyError, TypeError, ValueError) as error:
     overrides = " ".join(arg for arg in argv if arg.startswith("--config."))
-    raise ConfigError(f"a --config override does not fit the config ({error}); given: "
-                      f"{overrides or '(none)'}; a field name or type is off") from None
+    text = error.args[0] if error.args and isinstance(error.args[0], str) else str(error)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if isinstance(error, (AttributeError, KeyError)) and lines:
+      hint = f" ({'; '.join(lines[1:])})" if len(lines) > 1 else ""
+      raise ConfigError(f"a --config override names a field the config does not have: "
+                        f"{lines[0].strip(chr(39) + chr(34))}{hint}; given: {overrides}") from None
+    raise ConfigError(f"a --config override does not fit the config ({'; '.join(lines)}); given: "
+                      f"{overrides or '(none)'}") from None
+  except Exception as error:  # pylint: disable=broad-except  # what a config's get_config raised
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    raise ConfigError(f"--config={_given_config(argv)} cannot be loaded: get_config raised "
+                      f"{type(error).__name__}: {lines[0] if lines else ''}") from None
   try:
     if "config" in flags.FLAGS and flags.FLAGS["config"].present:
       flags.FLAGS["config"].value.keys()  # ml_collections defers a failed load to the first use
@@ -183,6 +198,15 @@ def _parse_flags(argv: list[str]) -> list[str]:
                       f"loaded: {lines[-1] if lines else type(error).__name__}; packaged configs: "
                       f"{', '.join(packaged_configs())}") from None
   return arguments
+
+
+def _given_config(argv: Sequence[str]) -> str:
+  for index, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      return arg[len("--config="):]
+    if arg == "--config" and index + 1 < len(argv):
+      return argv[index + 1]
+  return "?"
 
 
 def main() -> None:

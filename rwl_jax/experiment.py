@@ -23,6 +23,7 @@ import optax
 from flax import nnx
 
 from rwl_jax import diagnostics, methods, models, parallel, rng
+from rwl_jax.configs import common
 from rwl_jax.data import augment_jax, device_pipeline
 from rwl_jax.data.recipe import AugmentRecipe
 from rwl_jax.errors import ConfigError
@@ -36,9 +37,49 @@ def _positive_int(value: Any) -> bool:
   return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
+def _type_problem(value: Any, default: Any) -> str | None:
+  """What is wrong with value's type, given the default's; None when it fits."""
+  if isinstance(default, bool):
+    return None if isinstance(value, bool) else "True or False"
+  if isinstance(default, int):
+    return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
+  if isinstance(default, float):
+    fits = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return None if fits else "a number"
+  if isinstance(default, str):
+    return None if isinstance(value, str) else "a string"
+  if isinstance(default, (tuple, list)):
+    fits = isinstance(value, (tuple, list)) and all(
+        isinstance(item, (int, float)) and not isinstance(item, bool) for item in value)
+    return None if fits else f"a tuple of numbers like {tuple(default)}"
+  return None
+
+
+def check_types(config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict,
+                prefix: str = "") -> None:
+  """Every field of the config that the library defines has the type of its default (a config
+  file or a JSON config.json can hold anything; an override of a tuple with a number is one
+  line here rather than a traceback inside the augmentation)."""
+  for name, default in defaults.items():
+    if name not in config:
+      continue
+    value = config[name]
+    if isinstance(default, ml_collections.ConfigDict):
+      if not isinstance(value, ml_collections.ConfigDict):
+        raise ConfigError(f"{prefix}{name} must be a section of fields, got {value!r}")
+      check_types(value, default, f"{prefix}{name}.")
+      continue
+    expected = _type_problem(value, default)
+    if expected:
+      raise ConfigError(f"{prefix}{name} must be {expected}, got {value!r}")
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Checks the values a run depends on, evaluation included, before any work starts; raises
   ConfigError with one line naming the problem."""
+  check_types(config, common.get_config())
+  if not 0 <= config.seed < 2**31:
+    raise ConfigError(f"seed must be an integer in [0, 2**31), got {config.seed}")
   methods.validate(config)
   if not _positive_int(config.num_epochs):
     raise ConfigError(f"num_epochs must be a positive integer, got {config.num_epochs}")

@@ -9,11 +9,13 @@ and all processes stop together at the first one after any of them got a signal.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 from typing import Any, Callable, Iterable, Iterator
 
 import jax
+from absl import logging
 
 from rwl_jax import parallel
 from rwl_jax.hooks import Context, Hook, Schedule
@@ -28,7 +30,9 @@ class StopRequested(Exception):
 class StopSignals:
   """While installed, SIGINT and SIGTERM only record their cause (see the module docstring).
 
-  A second signal stops at once (KeyboardInterrupt): the user insists.
+  A second signal stops at once (KeyboardInterrupt): the user insists. Except inside shielded()
+  (the checkpoint save after a stop, seconds long): there it is logged and the save finishes, since
+  an interrupted save would cost the work the first signal asked to keep.
   """
 
   CAUSES = {signal.SIGINT: "interrupted", signal.SIGTERM: "stopped by SIGTERM"}
@@ -37,12 +41,25 @@ class StopSignals:
     self.cause: str | None = None
     self.agree_schedule = agree_schedule
     self._previous = {}
+    self._shielded = False
 
   def _handle(self, signum, frame):
     del frame
+    if self.cause is not None and self._shielded:
+      logging.warning("%s again: finishing the checkpoint save first (seconds)",
+                      self.CAUSES[signum])
+      return
     if self.cause is not None:
       raise KeyboardInterrupt
     self.cause = self.CAUSES[signum]
+
+  @contextlib.contextmanager
+  def shielded(self) -> Iterator[None]:
+    self._shielded = True
+    try:
+      yield
+    finally:
+      self._shielded = False
 
   def __enter__(self) -> "StopSignals":
     if threading.current_thread() is threading.main_thread():

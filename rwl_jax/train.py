@@ -149,14 +149,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.PathLik
       cause = str(stop) if isinstance(stop, loop.StopRequested) else "interrupted"
       log.drain(context)  # never save a state whose loss went non-finite
       try:
-        checkpoint.save(context.step, context.state)
-        checkpointer.wait()
-      except Exception:  # The signal landed inside a step whose donated input is gone.
+        with signals.shielded():  # a further signal waits for the save
+          checkpoint.save(context.step, context.state)
+          checkpointer.wait()
+      except (Exception, KeyboardInterrupt):  # pylint: disable=broad-except
+        # A second signal inside the step, whose donated input is gone: nothing to save.
         newest = checkpointer.latest_step()
         kept = (f"the newest checkpoint is step {newest} in {checkpointer.directory}"
                 if newest is not None else "no checkpoint had been saved yet")
-        raise RunError(f"{cause} twice, during step {context.step + 1}, whose state could not "
-                       f"be saved; {kept}") from None
+        raise RunError(f"{cause} twice: the state of step {context.step} could not be saved; "
+                       f"{kept}") from None
       raise RunError(f"{cause} at step {context.step}; checkpoint saved in "
                      f"{checkpointer.directory}, rerun the same command to resume") from None
 

@@ -80,7 +80,10 @@ def test_config_file_from_a_bucket(tmp_path):
 
 
 @pytest.mark.parametrize("flags, said", [
-    (["--config.no_such_field=1"], "error: a --config override does not fit the config"),
+    (["--config.no_such_field=1"], "error: a --config override names a field the config does not "
+                                   "have: no_such_field; given: --config.no_such_field=1"),
+    (["--config.modle.width=8"], "error: a --config override names a field the config does not "
+                                 "have: modle (Did you mean \"model\" instead of \"modle\"?)"),
     (["--config.num_epochs=abc"], "error: flag --config.num_epochs=abc: invalid literal for int()"),
     (["--bogus=1"], "error: Unknown command line flag 'bogus'"),
 ])

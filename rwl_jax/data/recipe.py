@@ -56,6 +56,9 @@ class AugmentRecipe:
   std: tuple[float, float, float] = CIFAR10_STD
 
   def __post_init__(self):
+    for name in ("crop_scale", "crop_ratio"):
+      if len(getattr(self, name)) != 2:
+        raise ConfigError(f"augment.{name} must be a pair (low, high), got {getattr(self, name)}")
     lo, hi = self.crop_scale
     if not 0.0 < lo <= hi <= 1.0:
       raise ConfigError(f"augment.crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}")

@@ -14,9 +14,11 @@ import hashlib
 import os
 import threading
 import urllib.parse
+import zipfile
 from typing import Iterator
 
 import numpy as np
+from absl import logging
 from etils import epath
 from PIL import Image
 
@@ -64,8 +66,9 @@ class ImageFolderSource:
     files, labels = self.files[start:end], self.labels[start:end]
     cache = _cache_path(self.cache_dir, self.root, self.split, files, self.image_size)
     if cache.exists():
-      with cache.open("rb") as f, np.load(f) as cached:
-        return ArraySplit(cached["images"], cached["labels"], self.class_names)
+      cached = _read_cache(cache, len(files), self.image_size)
+      if cached is not None:
+        return ArraySplit(*cached, self.class_names)
     with concurrent.futures.ThreadPoolExecutor(self.num_threads) as pool:
       images = np.stack(list(pool.map(lambda p: _decode(p, self.image_size), files)))
     try:
@@ -227,18 +230,56 @@ def _list_image_folder(root: epath.Path, split: str) -> tuple[tuple[str, ...], l
   if not split_dir.is_dir():
     raise ConfigError(f"data.image_dir {os.fspath(root)!r} has no {split!r} folder "
                       f"(expected {root}/{split}/CLASS/*.png)")
-  class_names = tuple(sorted(entry.name for entry in split_dir.iterdir() if entry.is_dir()))
+  entries = list(split_dir.iterdir())
+  class_names = tuple(sorted(entry.name for entry in entries if entry.is_dir()))
+  loose = sorted(entry.name for entry in entries if entry.name not in class_names)
+  if loose:
+    logging.warning("%s: skipped %d files beside the class folders, e.g. %s", split_dir,
+                    len(loose), ", ".join(loose[:3]))
   files, labels = [], []
   for label, class_name in enumerate(class_names):
     # By name alone: asking each of 50,000 objects whether it is a file costs a request on a bucket.
-    found = sorted(p for p in (split_dir / class_name).iterdir()
-                   if p.suffix.lower() in IMAGE_SUFFIXES)
+    entries = list((split_dir / class_name).iterdir())
+    found = sorted(p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES)
+    skipped = sorted(p.name + ("/" if p.is_dir() else "") for p in entries
+                     if p.suffix.lower() not in IMAGE_SUFFIXES)
+    if not found:
+      nested = f" (it has {', '.join(skipped[:3])}: images must sit directly in it)" if skipped else ""
+      raise ConfigError(f"class folder {split_dir / class_name} has no images "
+                        f"({', '.join(IMAGE_SUFFIXES)}){nested}")
+    if skipped:
+      logging.warning("%s: skipped %d entries that are not images (%s), e.g. %s",
+                      split_dir / class_name, len(skipped), ", ".join(IMAGE_SUFFIXES),
+                      ", ".join(skipped[:3]))
     files.extend(found)
     labels.extend([label] * len(found))
   if not files:
     raise ConfigError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {split_dir}/CLASS/ "
                       "(data.image_dir must be laid out PATH/SPLIT/CLASS/IMAGE)")
   return class_names, files, np.asarray(labels, np.int32)
+
+
+def _read_cache(cache: epath.Path, count: int,
+                image_size: int) -> tuple[np.ndarray, np.ndarray] | None:
+  """(images, labels) from a decode cache, or None when it is damaged (cut short, overwritten,
+  the wrong shape): then it is set aside as *.damaged with a warning and the images are decoded
+  again, instead of every run failing until someone deletes it."""
+  try:
+    with cache.open("rb") as f, np.load(f) as cached:
+      images, labels = cached["images"], cached["labels"]
+    if images.shape != (count, image_size, image_size, 3) or labels.shape != (count,):
+      raise ValueError(f"holds {images.shape} images, expected ({count}, {image_size}, "
+                       f"{image_size}, 3)")
+    return images, labels
+  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+    aside = cache.parent / f"{cache.name}.damaged"
+    logging.warning("decode cache %s is damaged (%s); set aside as %s, decoding the images again",
+                    cache, _first_line(error), aside.name)
+    try:
+      cache.replace(aside)
+    except OSError:
+      pass  # a read-only cache: decoding again is all that is needed
+    return None
 
 
 def _decode(path: epath.Path, image_size: int) -> np.ndarray:
