@@ -117,6 +117,10 @@ def run(main: Callable[[], None], argv: Sequence[str] | None = None, *,
       _fail(error)
     except KeyboardInterrupt:  # Ctrl-C outside the train loop (which saves and says so itself)
       _fail("interrupted")
+    except OSError as error:  # a disk that fills up, a folder that vanishes, a lost mount
+      where = f" ({error.filename})" if getattr(error, "filename", None) else ""
+      _fail(f"{error.strerror or error}{where}; the newest checkpoint, if any, is intact (a "
+            "checkpoint becomes one only once completely written)")
 
   # Parsed already: a second parse would define ml_collections' --config.FIELD flags twice.
   app.run(harnessed, argv=argv, flags_parser=lambda _: arguments)

@@ -175,6 +175,9 @@ class WorkdirLock:
         descriptor = os.open(os.fspath(self.path), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
       except FileExistsError:
         return False
+      except OSError as error:
+        raise ConfigError(f"--workdir {os.fspath(self.path.parent)} is not writable: "
+                          f"{error.strerror or error}") from None
       with os.fdopen(descriptor, "w") as handle:
         handle.write(text)
       return True
