@@ -81,8 +81,10 @@ class Checkpointer:
       problem, restored = None, None
       try:
         restored = self.restore(step, target)
-      except CheckpointDamaged as error:
-        problem = str(error)
+      except ConfigError:  # another model: the same on every process, and not damage
+        raise
+      except Exception as error:  # pylint: disable=broad-except  # CheckpointDamaged and the like
+        problem = _first_line(error)
       if not parallel.any_process(problem is not None):
         return step, restored
       logging.warning("checkpoint %s/%d is unreadable (%s); kept as %d.unreadable, trying the "

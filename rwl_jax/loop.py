@@ -18,6 +18,7 @@ import jax
 from absl import logging
 
 from rwl_jax import parallel
+from rwl_jax.errors import RunError
 from rwl_jax.hooks import Context, Hook, Schedule
 
 EpochInputs = Callable[[int, int], Iterable[tuple[Any, ...]]]
@@ -70,6 +71,13 @@ class StopSignals:
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
     self._previous = {}
+
+  def stop_if_pending(self, phase: str) -> None:
+    """Before training starts: RunError if any process got a signal (all processes call this at
+    the same point). Nothing in the workdir has changed yet."""
+    if parallel.any_process(self.cause is not None):
+      cause = self.cause or "stopped because another process was"
+      raise RunError(f"{cause} {phase}, before training started; nothing in the workdir changed")
 
   def check(self, step: int, steps_per_epoch: int, num_steps: int) -> None:
     """Raises StopRequested when this process (one process) or any process (several) asked."""

@@ -95,6 +95,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.PathLik
   with contextlib.ExitStack() as cleanup:
     # The workdir first: a second run or a refused rerun stops in seconds, before any data.
     cleanup.enter_context(workdir_lib.WorkdirLock(workdir_path))
+    # From here a signal only records itself: it is acted on between phases and between steps
+    # (a KeyboardInterrupt raised inside a library's callback during compilation can be lost).
+    signals = cleanup.enter_context(loop.StopSignals(
+        hooks_lib.Schedule(every_steps=config.log_every_steps, every_epochs=1)))
     checkpointer = Checkpointer(workdir_path, keep=config.keep_checkpoints)
     cleanup.callback(checkpointer.close)
     changes = workdir_lib.check_rerun(workdir_path, config,
@@ -106,6 +110,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.PathLik
         config, mesh, steps_per_epoch=data.steps_per_epoch(config.global_batch_size),
         num_classes=len(data.class_names))
     num_steps = experiment.num_steps
+    signals.stop_if_pending("while the data was read")
     resumed_step, state = checkpointer.restore_newest_readable(experiment.init_state())
     step = int(parallel.fetch(state.step))
     if resumed_step is not None:
@@ -124,6 +129,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.PathLik
         cleanup.callback(hook.close)
     log, checkpoint = _find(hooks, hooks_lib.LogMetrics), _find(hooks, hooks_lib.Checkpoint)
     # Accepted: every check has passed, so only now does anything in the workdir change.
+    signals.stop_if_pending("while the step compiled")
     workdir_lib.record_config(workdir_path, config, changes, step)
     writer = MetricWriter(workdir_path, resume_step=step, on_write=None if on_metrics is None else (
         lambda at, scalars: on_metrics(at, num_steps, scalars)))
@@ -140,8 +146,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.PathLik
       knn = [e for e in evaluators if e.name == "knn" and e.every_epochs]
       if knn:  # the untrained network's kNN: the origin of the accuracy-against-time curve
         writer.write_scalars(0, run_evaluators(knn, extractor, state))
-    signals = cleanup.enter_context(loop.StopSignals(
-        hooks_lib.Schedule(every_steps=config.log_every_steps, every_epochs=1)))
     log.start(step, context.timer, steps_per_epoch=experiment.steps_per_epoch)
     try:
       state = loop.run(context, step_fn, train_inputs.epoch_inputs, hooks, signals)
