@@ -18,7 +18,6 @@ fails.
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import sys
@@ -36,7 +35,7 @@ from rwl_jax.theory import spectral
 
 matplotlib.use("Agg")
 from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-from figures import save_png  # pylint: disable=g-import-not-at-top  (this folder)
+from figures import experiment_arguments, save_png  # pylint: disable=g-import-not-at-top  (this folder)
 
 LOSSES = {"rwl": losses.rwl_loss, "nt_xent": losses.nt_xent_loss}
 SUCCESS_ATOL = 1e-3  # A run 'reaches' the closed form when within this absolute distance.
@@ -84,12 +83,8 @@ def gradient_norm(loss, z, temperature):
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--out", required=True, help="output directory")
-  parser.add_argument("--quick", action="store_true", help="reduced size (CI)")
-  args = parser.parse_args()
-  out = pathlib.Path(args.out)
-  out.mkdir(parents=True, exist_ok=True)
+  args = experiment_arguments(__doc__)
+  out = args.out
   started = time.time()
 
   if args.quick:

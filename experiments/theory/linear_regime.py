@@ -20,7 +20,6 @@ writes DIR/linear_regime.{png,json} and exits non-zero with one line if a headli
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import sys
@@ -38,7 +37,7 @@ from rwl_jax.theory import closed_forms
 
 matplotlib.use("Agg")
 from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-from figures import save_png  # pylint: disable=g-import-not-at-top  (this folder)
+from figures import experiment_arguments, save_png  # pylint: disable=g-import-not-at-top  (this folder)
 
 
 def adam_curve(loss, x1, x2, steps, learning_rate, seed):
@@ -166,12 +165,8 @@ def alignment_experiment(gammas, num_samples, draws, rng):
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--out", required=True, help="output directory")
-  parser.add_argument("--quick", action="store_true", help="reduced size (CI)")
-  args = parser.parse_args()
-  out = pathlib.Path(args.out)
-  out.mkdir(parents=True, exist_ok=True)
+  args = experiment_arguments(__doc__)
+  out = args.out
   started = time.time()
   rng = np.random.default_rng(0)
   failures = []

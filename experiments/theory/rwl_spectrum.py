@@ -17,7 +17,6 @@ writes DIR/rwl_spectrum.{png,json} and exits non-zero with one line if a headlin
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import pathlib
@@ -36,7 +35,7 @@ from rwl_jax.theory import spectral
 
 matplotlib.use("Agg")
 from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-from figures import save_png  # pylint: disable=g-import-not-at-top  (this folder)
+from figures import experiment_arguments, save_png  # pylint: disable=g-import-not-at-top  (this folder)
 
 BATCH_SIZE = 16
 SCALARS = ("step", "train_batch_rwl", "project_rwl", "rwl", "negative_mass", "ncut",
@@ -135,12 +134,8 @@ def check(runs, failures):
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--out", required=True, help="output directory")
-  parser.add_argument("--quick", action="store_true", help="reduced size (CI)")
-  args = parser.parse_args()
-  out = pathlib.Path(args.out)
-  out.mkdir(parents=True, exist_ok=True)
+  args = experiment_arguments(__doc__)
+  out = args.out
   started = time.time()
   steps = 500 if args.quick else 1000
   learning_rate = 0.05

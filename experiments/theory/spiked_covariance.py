@@ -19,7 +19,6 @@ fails.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import pathlib
@@ -34,7 +33,7 @@ from rwl_jax.theory import spiked
 
 matplotlib.use("Agg")
 from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-from figures import save_png  # pylint: disable=g-import-not-at-top  (this folder)
+from figures import experiment_arguments, save_png  # pylint: disable=g-import-not-at-top  (this folder)
 
 RANK = 3
 CLOSED_FORMS = ("pca", "diag_deleted", "masked_cl", "corr_pca")
@@ -66,12 +65,8 @@ def rate_shape(num_samples, dim):
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--out", required=True, help="output directory")
-  parser.add_argument("--quick", action="store_true", help="reduced size (CI)")
-  args = parser.parse_args()
-  out = pathlib.Path(args.out)
-  out.mkdir(parents=True, exist_ok=True)
+  args = experiment_arguments(__doc__)
+  out = args.out
   started = time.time()
   rng = np.random.default_rng(0)
   dim = 50
