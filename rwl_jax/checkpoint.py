@@ -11,7 +11,7 @@ from absl import logging
 from etils import epath
 
 from rwl_jax import parallel, paths
-from rwl_jax.errors import ConfigError, RunError
+from rwl_jax.errors import ConfigError, RunError, first_line
 
 
 class CheckpointDamaged(RunError):
@@ -19,7 +19,7 @@ class CheckpointDamaged(RunError):
 
 
 def _first_line(error: Exception) -> str:
-  return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+  return first_line(error)[:200]  # TensorStore's first lines can hold a whole spec
 
 
 class Checkpointer:

@@ -20,6 +20,7 @@ from absl import logging
 from etils import epath
 
 from rwl_jax import paths
+from rwl_jax.errors import RunError
 
 METRICS_FILE = "metrics.jsonl"
 # Keys of a metrics.jsonl row that say when it was written, not what was measured.
@@ -187,3 +188,15 @@ def configure_logging() -> None:
   logging.get_absl_handler().addFilter(
       lambda record: record.levelno >= logging.converter.STANDARD_WARNING
       or "/orbax/" not in record.pathname)
+
+
+def write_results(results: Mapping[str, Any], path: epath.Path) -> None:
+  """Writes results as JSON; if that fails, the figures still reach the log and the error line
+  names the file, so nothing computed is lost. Call it on process 0 only."""
+  text = json.dumps(results, indent=2, sort_keys=True, default=str)
+  try:
+    path.write_text(text)
+  except OSError as error:
+    logging.error("results that could not be written:\n%s", text)
+    raise RunError(f"{path} cannot be written ({error.strerror or error}); the results are in "
+                   "the log above") from None

@@ -29,21 +29,7 @@ from rwl_jax.checkpoint import Checkpointer
 from rwl_jax.data import inputs
 from rwl_jax.errors import ConfigError, RunError
 from rwl_jax.evaluate.evaluators import FeatureExtractor, build_evaluators, run_evaluators
-from rwl_jax.metrics import MetricWriter
-
-
-def write_results(results: dict[str, Any], path: epath.Path) -> None:
-  """Writes results as JSON (process 0); if that fails, the figures still reach the log and the
-  error line names the file, so nothing computed is lost."""
-  if jax.process_index() != 0:
-    return
-  text = json.dumps(results, indent=2, sort_keys=True, default=str)
-  try:
-    path.write_text(text)
-  except OSError as error:
-    logging.error("results that could not be written:\n%s", text)
-    raise RunError(f"{path} cannot be written ({error.strerror or error}); the results are in "
-                   "the log above") from None
+from rwl_jax.metrics import MetricWriter, write_results
 
 
 def _median(values: list[float]) -> float | None:
@@ -185,7 +171,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.PathLik
         devices=[str(d.device_kind) for d in mesh.devices.flat], jax_version=jax.__version__,
         config=json.loads(config.to_json_best_effort()))
     _keep_measured_speed(results, workdir_path / "results.json")
-    write_results(results, workdir_path / "results.json")
+    if jax.process_index() == 0:
+      write_results(results, workdir_path / "results.json")
     logging.info("%s -> %s", " ".join(f"{name} {results[name]:.4f}" for name in results
                                       if name.startswith(("knn_", "linear_"))),
                  workdir_path / "results.json")

@@ -78,9 +78,7 @@ def config_values(config: ml_collections.ConfigDict | dict) -> dict[str, Any]:
   """'section.field' -> value (tuples as lists, as JSON keeps them), over today's defaults, so a
   workdir written before a setting existed compares as having its default."""
   tree = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config
-  values = _flatten(common.get_config().to_dict())
-  values.update(_flatten(json.loads(json.dumps(tree, default=str))))
-  return values
+  return _flatten(common.with_defaults(json.loads(json.dumps(tree, default=str))))
 
 
 def differences(saved: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:

@@ -141,6 +141,20 @@ def solo_learn_lars(config: ml_collections.ConfigDict, *, learning_rate: float,
   config.optimizer.warmup_epochs = 10
 
 
+def with_defaults(saved: dict) -> dict:
+  """A config written earlier (config.json, as a dict) over today's defaults: settings added to
+  the library since then take their default values; nested sections merge."""
+  return _merged(get_config().to_dict(), saved)
+
+
+def _merged(defaults: dict, saved: dict) -> dict:
+  merged = dict(defaults)
+  for name, value in saved.items():
+    both_sections = isinstance(value, dict) and isinstance(defaults.get(name), dict)
+    merged[name] = _merged(defaults[name], value) if both_sections else value
+  return merged
+
+
 VARIANTS = ("smoke",)
 
 

@@ -23,7 +23,7 @@ from etils import epath
 from PIL import Image
 
 from rwl_jax import paths
-from rwl_jax.errors import ConfigError
+from rwl_jax.errors import ConfigError, first_line
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -118,7 +118,7 @@ class TfdsSource:
       images, labels = tfds.as_numpy(dataset)
     except Exception as error:
       raise ConfigError(f"could not read TFDS dataset {self.name!r} split "
-                        f"{self.split}[{start}:{end}] ({_first_line(error)})") from error
+                        f"{self.split}[{start}:{end}] ({first_line(error)})") from error
     _check_image_shape(images.shape[1:], self.image_size, f"TFDS dataset {self.name!r}")
     return ArraySplit(np.asarray(images, np.uint8), np.asarray(labels, np.int32), self.class_names)
 
@@ -168,7 +168,7 @@ def _tfds_problem(error: Exception, name: str) -> str:
             "); tensorflow-datasets needs it to prepare datasets")
   if type(error).__name__ == "DatasetNotFoundError":
     return f"{name!r} is not a TFDS dataset (tfds.list_builders() lists them); check data.tfds_name"
-  return _first_line(error)
+  return first_line(error)
 
 
 def _check_download_hosts(builder, where: str) -> None:
@@ -210,11 +210,6 @@ def _unreachable(url: str) -> str:
   thread.start()
   thread.join(_PROBE_TIMEOUT_S + 1)
   return outcome[0]
-
-
-def _first_line(error: Exception) -> str:
-  text = str(error).strip()
-  return text.splitlines()[0] if text else type(error).__name__
 
 
 def _check_image_shape(shape: tuple[int, ...], image_size: int, where: str) -> None:
@@ -274,7 +269,7 @@ def _read_cache(cache: epath.Path, count: int,
   except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
     aside = cache.parent / f"{cache.name}.damaged"
     logging.warning("decode cache %s is damaged (%s); set aside as %s, decoding the images again",
-                    cache, _first_line(error), aside.name)
+                    cache, first_line(error), aside.name)
     try:
       cache.replace(aside)
     except OSError:

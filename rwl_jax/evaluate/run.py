@@ -18,7 +18,7 @@ import numpy as np
 from etils import epath
 
 from rwl_jax import experiment as experiment_lib
-from rwl_jax import parallel, paths
+from rwl_jax import metrics, parallel, paths
 from rwl_jax.checkpoint import Checkpointer
 from rwl_jax.configs import common
 from rwl_jax.data import inputs
@@ -56,24 +56,13 @@ class Run:
     return self.extractor.split(self.state, split)
 
 
-def _merged(defaults: dict, saved: dict) -> dict:
-  """defaults updated by saved, recursively (saved wins; nested sections merge)."""
-  merged = dict(defaults)
-  for name, value in saved.items():
-    both_sections = isinstance(value, dict) and isinstance(defaults.get(name), dict)
-    merged[name] = _merged(defaults[name], value) if both_sections else value
-  return merged
-
-
 def load_run(workdir: epath.PathLike, step: int | None = None) -> Run:
   """Reads workdir/config.json and restores checkpoint `step` (default: the newest readable)."""
   workdir = paths.workdir(workdir)
   config_path = workdir / "config.json"
   if not config_path.is_file():
     raise ConfigError(f"{config_path} not found: --workdir must be a directory a training run wrote")
-  # Settings added to the library after the run was written take their defaults.
-  config = ml_collections.ConfigDict(
-      _merged(common.get_config().to_dict(), json.loads(config_path.read_text())))
+  config = ml_collections.ConfigDict(common.with_defaults(json.loads(config_path.read_text())))
   data = inputs.load_data(config)
   experiment = experiment_lib.build(
       config, parallel.make_mesh(),
@@ -100,9 +89,5 @@ def write_results(run: Run, results: dict) -> epath.Path:
   """Writes run.workdir/eval_step_N.json from process 0 only; returns its path."""
   path = run.workdir / f"eval_step_{run.step}.json"
   if jax.process_index() == 0:
-    try:
-      path.write_text(json.dumps(results, indent=2))
-    except OSError as error:
-      raise ConfigError(f"the results could not be written to {path} ({error}); they were: "
-                        f"{json.dumps(results)}") from None
+    metrics.write_results(results, path)
   return path
