@@ -41,6 +41,14 @@ class Checkpointer:
     # force=True: the train loop decides when to save; the manager only keeps the newest ones.
     self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
 
+  def saved_shapes(self, step: int) -> dict[str, tuple[int, ...]]:
+    """{'params/...': shape} of what checkpoint `step` holds, read from its metadata alone
+    ({} when that cannot be read)."""
+    try:
+      return _shapes_by_path(self._manager.item_metadata(step) or {})
+    except Exception:  # pylint: disable=broad-except  # damaged: restore() says how
+      return {}
+
   def restore(self, step: int, target: Any) -> Any:
     """Restores step into the structure, shapes, dtypes and shardings of `target`.
 

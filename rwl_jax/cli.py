@@ -3,7 +3,7 @@ flags parsed up front so that any mistake in them is one `error:` line (exit sta
 
   rwl-jax train --config=cifar10_rwl --workdir=runs/rwl          # = python -m rwl_jax.main ...
   rwl-jax evaluate --workdir=runs/rwl                            # = python -m rwl_jax.evaluate ...
-  rwl-jax benchmark|memory|report ...
+  rwl-jax benchmark|memory|report|export ...
 
 `--config` takes a config file (FILE.py, optionally FILE.py:ARG for get_config(ARG)) or the name
 of a config shipped in rwl_jax/configs (`cifar10_rwl`, `cifar10_rwl.py`, or the repository path
@@ -30,6 +30,7 @@ COMMANDS = {
     "benchmark": "rwl_jax.benchmark",
     "memory": "rwl_jax.memory",
     "report": "rwl_jax.report",
+    "export": "rwl_jax.export",
 }
 # The commands that run on every process of a multi-process job (they take --distributed).
 DISTRIBUTED_COMMANDS = ("train", "evaluate", "benchmark")
@@ -227,5 +228,8 @@ def main() -> None:
   command = sys.argv[1]
   # Importing only the chosen module keeps each command's flags to itself.
   module = importlib.import_module(COMMANDS[command])
-  run(module.main, [f"rwl-jax {command}", *sys.argv[2:]],
-      distributed=command in DISTRIBUTED_COMMANDS)
+  entry = module.main
+  if hasattr(module, "define_flags"):  # a module importable as a library defines them on demand
+    defined = module.define_flags()
+    entry = lambda: module.main(defined)  # pylint: disable=unnecessary-lambda-assignment
+  run(entry, [f"rwl-jax {command}", *sys.argv[2:]], distributed=command in DISTRIBUTED_COMMANDS)

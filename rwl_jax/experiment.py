@@ -27,6 +27,7 @@ from rwl_jax.configs import common
 from rwl_jax.data import augment_jax, device_pipeline
 from rwl_jax.data.recipe import AugmentRecipe
 from rwl_jax.errors import ConfigError
+from rwl_jax.evaluate import finetune
 from rwl_jax.online_probe import OnlineProbe
 from rwl_jax.step import ModelDefs, TrainState, make_train_step
 
@@ -103,7 +104,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"data.num_shards must be an integer >= 0 (0 = one per process), got "
                       f"{config.data.num_shards!r}")
   evaluation = config.eval
-  for name in ("batch_size", "knn_k", "linear_epochs", "linear_batch_size"):
+  for name in ("batch_size", "knn_k", "linear_epochs", "linear_batch_size", "finetune_epochs",
+               "finetune_batch_size"):
     if not _positive_int(evaluation[name]):
       raise ConfigError(f"eval.{name} must be an integer >= 1, got {evaluation[name]!r}")
   for name in ("knn_every_epochs", "linear_every_epochs", "online_probe_every_epochs",
@@ -112,18 +114,27 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"eval.{name} must be an integer >= 0 (0 = off), got {evaluation[name]!r}")
   if not isinstance(evaluation.online_probe, bool):
     raise ConfigError(f"eval.online_probe must be True or False, got {evaluation.online_probe!r}")
-  for name in ("knn_temperature", "linear_learning_rate", "online_probe_learning_rate"):
+  for name in ("knn_temperature", "linear_learning_rate", "online_probe_learning_rate",
+               "finetune_learning_rate"):
     if not evaluation[name] > 0:
       raise ConfigError(f"eval.{name} must be > 0, got {evaluation[name]!r}")
   if not evaluation.linear_weight_decay >= 0:
     raise ConfigError(f"eval.linear_weight_decay must be >= 0, got "
                       f"{evaluation.linear_weight_decay!r}")
+  if not all(_positive_int(k) for k in evaluation.knn_k_sweep):
+    raise ConfigError(f"eval.knn_k_sweep must be integers >= 1 like (10, 20, 100, 200) (() = off), "
+                      f"got {tuple(evaluation.knn_k_sweep)!r}")
+  fractions = tuple(evaluation.finetune_fractions)
+  if not all(0 < f <= 1 for f in fractions) or len(
+      {finetune.fraction_name(f) for f in fractions}) < len(fractions):
+    raise ConfigError(f"eval.finetune_fractions must be distinct fractions of the labels in (0, 1] "
+                      f"like (0.01, 0.1) (() = off), got {fractions!r}")
   if not (isinstance(config.profile.start_step, int) and config.profile.start_step >= 0
           and _positive_int(config.profile.num_steps)):
     raise ConfigError(f"profile.start_step must be >= 0 (0 = off) and profile.num_steps >= 1, got "
                       f"{config.profile.start_step}, {config.profile.num_steps}")
   AugmentRecipe.from_config(config.augment)
-  models.compute_dtype(config.model.dtype)
+  models.validate(config.model, image_size=config.data.image_size)
 
 
 def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
@@ -225,7 +236,8 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *,
   replicated, sharded = parallel.replicated(mesh), parallel.data_sharded(mesh)
 
   build_network = lambda: models.build_network(config.model, seed=config.seed,
-                                               predictor=method.predictor)
+                                               predictor=method.predictor,
+                                               image_size=config.data.image_size)
   abstract_model = nnx.eval_shape(build_network)
   train_def = nnx.split(abstract_model, nnx.Param, nnx.BatchStat)[0]
   abstract_model.eval()  # BatchNorm uses its running statistics in evaluation.
@@ -277,8 +289,10 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *,
     images from the 'probe' stream at step 0 (so only the network changes between log steps),
     a train-mode forward pass as the loss sees it, BatchNorm's updates discarded."""
     key = rng.stream_key(config.seed, 0, "probe")
+    # fold_in(1), fold_in(2) keep the probe's draws as before; view - 1 picks the recipe's
+    # per-view blur/solarisation probabilities (first, second), as the train step's views do.
     view1, view2 = (augment_jax.random_view(jax.random.fold_in(key, view), images, recipe,
-                                            config.data.image_size) for view in (1, 2))
+                                            config.data.image_size, view - 1) for view in (1, 2))
     model = nnx.merge(train_def, params, batch_stats)
     features, projections = model(jnp.concatenate([view1, view2]))
     z1, z2 = jnp.split(projections.astype(jnp.float32), 2)

@@ -32,11 +32,18 @@ def logits(params: dict[str, jax.Array], features: jax.Array) -> jax.Array:
   return features @ params["w"] + params["b"]
 
 
-def top_k_correct(scores: jax.Array, labels: jax.Array, k: int = 5) -> tuple[jax.Array, jax.Array]:
-  """(top-1, top-k) counts of rows whose label has the largest / one of the k largest scores;
-  ties go to the smaller class, as argmax does."""
+def top_k_correct(scores: jax.Array, labels: jax.Array, k: int = 5,
+                  mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """(top-1, top-k) counts of rows whose label has the largest / one of the k largest scores
+  (all C scores when C < k); ties go to the smaller class, as argmax does. Rows with mask False
+  (padding) count for neither. The one top-k rule of every evaluation (kNN, linear probe, online
+  probe, fine-tuning)."""
   _, best = jax.lax.top_k(scores, min(k, scores.shape[-1]))
-  return jnp.sum(best[:, 0] == labels), jnp.sum(jnp.any(best == labels[:, None], axis=-1))
+  top1 = best[:, 0] == labels
+  top_k = jnp.any(best == labels[:, None], axis=-1)
+  if mask is not None:
+    top1, top_k = top1 & mask, top_k & mask
+  return jnp.sum(top1), jnp.sum(top_k)
 
 
 @dataclasses.dataclass(frozen=True)

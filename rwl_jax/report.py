@@ -4,8 +4,10 @@
       [--diagnostics=diagnostics.png]
 
 Prints one Markdown row per run (method, epochs, kNN and linear top-1, images/s, s/epoch, the kNN
-curve; kNN and linear top-5 columns too when any run's results.json has them, so tables of runs
-without them keep their old header).
+curve). Columns that only some results.json files have appear when any run has them, so tables of
+runs without them keep their old header: kNN and linear top-5, kNN top-1 at each swept k
+(knn_top1_k10, ...), the online probe, and fine-tuning top-1/top-5 at each fraction of the labels
+(finetune_1pct_top1, ...).
 
 --plot draws kNN top-1 against training minutes since the run's first logged row (the untrained
 network's kNN when eval.knn_every_epochs > 0), one line per run. Minutes are the rows'
@@ -32,7 +34,7 @@ from typing import Any, Sequence
 from absl import flags
 from etils import epath
 
-from rwl_jax import cli, metrics, paths
+from rwl_jax import cli, metrics, paths, tables
 from rwl_jax.errors import ConfigError
 
 _WORKDIRS = flags.DEFINE_list("workdirs", None, "Run directories.", required=True)
@@ -118,11 +120,19 @@ def markdown_table(runs: Sequence[dict[str, Any]]) -> str:
              ("kNN top-1", lambda run: number(run, "knn_top1", 100))]
   if present("knn_top5"):
     columns.append(("kNN top-5", lambda run: number(run, "knn_top5", 100)))
+  every_key = {key: True for run in runs for key in run["results"]}
+  # The k sweep's top-1 (top-5 per k stays in results.json), for k any run has.
+  for k in tables.knn_sweep_ks(every_key):
+    columns.append((f"kNN k={k}", lambda run, k=k: number(run, f"knn_top1_k{k}", 100)))
   columns.append(("linear top-1", lambda run: number(run, "linear_top1", 100)))
   if present("linear_top5"):
     columns.append(("linear top-5", lambda run: number(run, "linear_top5", 100)))
   if present("online_top1"):
     columns.append(("online top-1", lambda run: number(run, "online_top1", 100)))
+  for name in tables.finetune_names(every_key):
+    for top in ("top1", "top5"):
+      columns.append((f"fine-tune {tables.percent_label(name)} {top[:3]}-{top[3:]}",
+                      lambda run, key=f"finetune_{name}_{top}": number(run, key, 100)))
   columns += [("images/s", lambda run: number(run, "images_per_second", 1.0, 0)),
               ("s/epoch", lambda run: number(run, "seconds_per_epoch")),
               ("kNN during training (step: top-1)", curve)]

@@ -107,7 +107,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.PathLik
 
     train_inputs = inputs.train_inputs(config, data, mesh, first_step=step)
     step_fn, compile_seconds = experiment.compile_step(state, *train_inputs.abstract)
-    evaluators = build_evaluators(config, num_classes=len(data.class_names))
+    evaluators = build_evaluators(config, num_classes=len(data.class_names),
+                                  experiment=experiment, data=data) if data.evaluates else []
+    if not data.evaluates:
+      logging.warning("evaluation is off (no kNN, linear probe or accuracy in results.json): %s",
+                      data.evaluation_off)
     extractor = FeatureExtractor(experiment, data)
     hooks = make_hooks(config, experiment, data, workdir_path, checkpointer, extractor, evaluators)
     for hook in hooks:
@@ -122,7 +126,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.PathLik
     cleanup.callback(writer.close)
     logging.info("%s on %d train / %d test images, %d devices, %d steps of batch %d; step "
                  "compiled in %.1f s", config.method, data.train_shards.num_examples,
-                 data.test_shards.num_examples, mesh.devices.size, num_steps,
+                 _num_examples(data.test_shards), mesh.devices.size, num_steps,
                  config.global_batch_size, compile_seconds)
 
     context = hooks_lib.Context(experiment=experiment, writer=writer,
@@ -167,16 +171,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.PathLik
         data_wait_seconds=_median([w["data_wait_seconds"] for w in steady]),
         data=config.data.image_dir or f"tfds:{config.data.tfds_name}",
         train_examples=data.train_shards.num_examples,
-        test_examples=data.test_shards.num_examples, data_shards=data.train_shards.num_shards,
+        test_examples=_num_examples(data.test_shards),
+        eval_train_examples=_num_examples(data.eval_train_shards) if data.evaluates else 0,
+        data_shards=data.train_shards.num_shards,
         devices=[str(d.device_kind) for d in mesh.devices.flat], jax_version=jax.__version__,
         config=json.loads(config.to_json_best_effort()))
+    if not data.evaluates:
+      results["evaluation_off"] = data.evaluation_off
     _keep_measured_speed(results, workdir_path / "results.json")
     if jax.process_index() == 0:
       write_results(results, workdir_path / "results.json")
     logging.info("%s -> %s", " ".join(f"{name} {results[name]:.4f}" for name in results
-                                      if name.startswith(("knn_", "linear_"))),
-                 workdir_path / "results.json")
+                                      if name.startswith(("knn_", "linear_")))
+                 or "no accuracy (evaluation off)", workdir_path / "results.json")
   return results
+
+
+def _num_examples(shards) -> int:
+  """A split's size, 0 for one the run does not have (no evaluation split)."""
+  return shards.num_examples if shards is not None else 0
 
 
 _SPEED_FIGURES = ("seconds_per_epoch", "images_per_second", "step_seconds", "data_wait_seconds")

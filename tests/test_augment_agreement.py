@@ -26,7 +26,8 @@ RECIPE = AugmentRecipe()
 # Every knob away from its default, to check both implementations read the recipe alike.
 CUSTOM = AugmentRecipe(crop_scale=(0.08, 0.9), crop_ratio=(0.5, 1.5), flip_prob=0.3,
                        brightness=0.6, contrast=0.2, saturation=0.7, hue=0.3, jitter_prob=0.55,
-                       grayscale_prob=0.4, mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.25))
+                       grayscale_prob=0.4, blur_prob=(0.7, 0.25), blur_sigma=(0.3, 1.5),
+                       solarize_prob=(0.15, 0.6), mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.25))
 MEAN = np.asarray(RECIPE.mean, np.float32)
 STD = np.asarray(RECIPE.std, np.float32)
 N_DRAWS = 20_000
@@ -37,11 +38,11 @@ SIZE = 32
 KS_ALPHA = 1e-3
 Z_MAX = 4.0
 CONTINUOUS = ("crop_area_fraction", "crop_aspect_ratio", "crop_y_min", "crop_x_min",
-              "brightness", "contrast", "saturation", "hue")
-EVENTS = ("flip", "jitter", "grayscale", "full_crop")
+              "brightness", "contrast", "saturation", "hue", "blur_sigma")
+EVENTS = ("flip", "jitter", "grayscale", "full_crop", "blur", "solarize")
 
 # Shared jitted entry points, so each (shape, recipe) compiles once per session.
-_jax_sample = jax.jit(augment_jax.sample_view_params, static_argnums=(1, 2, 3))
+_jax_sample = jax.jit(augment_jax.sample_view_params, static_argnums=(1, 2, 3, 4))
 _jax_apply = jax.jit(augment_jax.apply_view, static_argnums=(2, 3))
 
 
@@ -63,12 +64,13 @@ def _natural_images(batch: int, size: int, seed: int = 0) -> np.ndarray:
   return np.clip(np.round(noisy), 0, 255).astype(np.uint8)
 
 
-def _tf_params(seed: tuple[int, int], batch: int, image_size, recipe) -> dict[str, np.ndarray]:
-  return _numpy(augment_tf.sample_view_params(tf.constant(seed), batch, image_size, recipe))
+def _tf_params(seed: tuple[int, int], batch: int, image_size, recipe,
+               view: int = 0) -> dict[str, np.ndarray]:
+  return _numpy(augment_tf.sample_view_params(tf.constant(seed), batch, image_size, recipe, view))
 
 
-def _jax_params(seed: int, batch: int, image_size, recipe) -> dict[str, np.ndarray]:
-  return _numpy(_jax_sample(jax.random.key(seed), batch, tuple(image_size), recipe))
+def _jax_params(seed: int, batch: int, image_size, recipe, view: int = 0) -> dict[str, np.ndarray]:
+  return _numpy(_jax_sample(jax.random.key(seed), batch, tuple(image_size), recipe, view))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,7 +121,7 @@ def _law_samples(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   samples["crop_y_min"] = params["crop_box"][:, 0]  # With the size, locates the corner.
   samples["crop_x_min"] = params["crop_box"][:, 1]
   samples["full_crop"] = params["crop_area_fraction"] == 1.0
-  for name in ("flip", "jitter", "grayscale"):
+  for name in ("flip", "jitter", "grayscale", "blur", "solarize"):
     samples[name] = params[name]
   for position in range(4):
     for op in range(4):
@@ -220,7 +222,8 @@ def test_apply_view_matches_tf_on_tf_params(image_size, output_size, recipe):
   jittered = params["jitter_order"][params["jitter"]]
   assert len({tuple(o) for o in jittered}) >= 12
   assert set(jittered[:, 0]) == {0, 1, 2, 3}
-  for name in ("flip", "jitter", "grayscale"):
+  applied = ("flip", "jitter", "grayscale") + (("blur", "solarize") if recipe is CUSTOM else ())
+  for name in applied:
     assert 0 < params[name].sum() < batch, name
   assert (params["crop_area_fraction"] < 0.7).sum() > 10
 
@@ -235,6 +238,36 @@ def test_apply_view_matches_tf_on_tf_params(image_size, output_size, recipe):
   hue_effect = np.abs(np.asarray(_jax_apply(images, params, recipe, output_size))
                       - np.asarray(_jax_apply(images, no_hue, recipe, output_size)))
   assert hue_effect.max() > 0.1
+
+
+# 3 taps (r = 1) at 32 px and 5 taps (r = 2) at 40 px; the shapes and recipe of the cases above,
+# so no new compilation.
+@pytest.mark.parametrize("image_size, output_size", [(SIZE, SIZE), (16, 40)])
+def test_blur_and_solarize_match_tf_on_the_same_params(image_size, output_size):
+  """Same parameters, same pixels for the two new operations: each image blurred, solarised,
+  both or neither, sigma spread over [0.5, 3], on whole noise images (no flip or jitter), so
+  only blur and solarisation can differ beyond the resize. Tolerance 2e-5 in normalised units
+  (~5e-6 in [0, 1]: float32 round-off of a convex combination of 2r + 1 taps, then 1 - x)."""
+  batch = 96
+  images = _images(batch, image_size, image_size, seed=output_size)
+  rng = np.random.default_rng(output_size)
+  params = _tf_params((5, 5), batch, (image_size, image_size), RECIPE)
+  params.update(
+      crop_box=np.tile(np.asarray([0.0, 0.0, 1.0, 1.0], np.float32), (batch, 1)),
+      flip=np.zeros(batch, bool), jitter=np.zeros(batch, bool),
+      grayscale=np.zeros(batch, bool),
+      blur=np.arange(batch) % 2 == 0, solarize=np.arange(batch) % 4 < 2,
+      blur_sigma=rng.uniform(0.5, 3.0, batch).astype(np.float32))
+  ours = np.asarray(_jax_apply(images, params, RECIPE, output_size))
+  theirs = augment_tf.apply_view(images, params, RECIPE, output_size).numpy()
+  np.testing.assert_allclose(ours, theirs, atol=2e-5, rtol=0)
+  # Both operations visibly change the images they are applied to, and only those.
+  plain = augment_tf.apply_view(images, dict(params, blur=np.zeros(batch, bool),
+                                             solarize=np.zeros(batch, bool)),
+                                RECIPE, output_size).numpy()
+  change = np.abs(theirs - plain).max(axis=(1, 2, 3))
+  touched = params["blur"] | params["solarize"]
+  assert (change[touched] > 0.1).all() and (change[~touched] == 0).all()
 
 
 def test_apply_view_matches_tf_on_jax_params():
@@ -252,18 +285,40 @@ def test_apply_view_matches_tf_on_jax_params():
 
 @functools.lru_cache(maxsize=None)
 def _draws(image_size: tuple[int, int], recipe: AugmentRecipe,
-           jax_recipe: AugmentRecipe | None = None):
+           jax_recipe: AugmentRecipe | None = None, view: int = 0):
   """(JAX, TF) params of N_DRAWS views each; the JAX side may use a different recipe."""
-  ours = _jax_params(11, N_DRAWS, image_size, jax_recipe or recipe)
-  theirs = _tf_params((3, 14), N_DRAWS, image_size, recipe)
+  ours = _jax_params(11, N_DRAWS, image_size, jax_recipe or recipe, view)
+  theirs = _tf_params((3, 14), N_DRAWS, image_size, recipe, view)
   return ours, theirs
 
 
-@pytest.mark.parametrize("image_size, recipe", [((SIZE, SIZE), RECIPE), ((24, 40), CUSTOM)])
-def test_param_laws_agree(image_size, recipe):
-  ours, theirs = _draws(image_size, recipe)
+@pytest.mark.parametrize("image_size, recipe, view", [
+    ((SIZE, SIZE), RECIPE, 0), ((24, 40), CUSTOM, 0), ((24, 40), CUSTOM, 1)])
+def test_param_laws_agree(image_size, recipe, view):
+  ours, theirs = _draws(image_size, recipe, view=view)
   failures = law_disagreements(ours, theirs)
   assert not failures, failures
+
+
+@pytest.mark.parametrize("view", [0, 1])
+def test_blur_and_solarize_laws_follow_the_recipe(view):
+  """Both paths: blur and solarise rates are the view's probabilities, sigma ~ U[blur_sigma],
+  and the two events are independent of each other and of the other draws."""
+  blur_p, solarize_p = CUSTOM.blur_prob[view], CUSTOM.solarize_prob[view]
+  lo, hi = CUSTOM.blur_sigma
+  for params in _draws((24, 40), CUSTOM, view=view):
+    for name, p in (("blur", blur_p), ("solarize", solarize_p)):
+      rate = params[name].mean()
+      assert abs(rate - p) <= 4.0 * math.sqrt(p * (1 - p) / N_DRAWS), (name, view, rate, p)
+    joint = (params["blur"] & params["solarize"]).mean()
+    assert abs(joint - blur_p * solarize_p) <= 4.0 * math.sqrt(blur_p * solarize_p / N_DRAWS)
+    sigma = params["blur_sigma"].astype(np.float64)
+    assert lo <= sigma.min() < lo + 0.01 and hi - 0.01 < sigma.max() <= hi
+    uniform = np.random.default_rng(view).uniform(lo, hi, N_DRAWS)
+    assert ks_statistic(sigma, uniform) < ks_critical(N_DRAWS, N_DRAWS)
+    for other in ("flip", "jitter", "grayscale"):
+      z = proportion_z(params[other][params["blur"]], params[other][~params["blur"]])
+      assert abs(z) < Z_MAX, (other, z)
 
 
 @pytest.mark.parametrize("perturbed, expected", [
@@ -271,6 +326,8 @@ def test_param_laws_agree(image_size, recipe):
     (AugmentRecipe(flip_prob=0.6), "rate flip"),
     (AugmentRecipe(grayscale_prob=0.23), "rate grayscale"),
     (AugmentRecipe(hue=0.09), "KS hue"),
+    (AugmentRecipe(blur_prob=(0.03, 0.0)), "rate blur"),
+    (AugmentRecipe(blur_sigma=(0.1, 1.9)), "KS blur_sigma"),
 ])
 def test_param_law_test_detects_a_perturbed_recipe(perturbed, expected):
   """The law comparison has power: JAX draws under a slightly wrong recipe are caught."""

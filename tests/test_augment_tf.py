@@ -88,7 +88,8 @@ def _pixel_crops(params: dict[str, np.ndarray], height: int, width: int) -> np.n
 
 def _assert_means_agree(ours: np.ndarray, reference: np.ndarray, sigmas: float = 4.0):
   se = math.sqrt(ours.var() / ours.size + reference.var() / reference.size)
-  assert abs(ours.mean() - reference.mean()) <= sigmas * se + 1e-12, (ours.mean(), reference.mean(), se)
+  assert abs(ours.mean() - reference.mean()) <= sigmas * se + 1e-12, (ours.mean(),
+                                                                      reference.mean(), se)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,7 +139,8 @@ def test_param_shapes_and_dtypes(draws):
       "jitter": (np.bool_, (n,)), "brightness": (np.float32, (n,)),
       "contrast": (np.float32, (n,)), "saturation": (np.float32, (n,)),
       "hue": (np.float32, (n,)), "jitter_order": (np.int32, (n, 4)),
-      "grayscale": (np.bool_, (n,)),
+      "grayscale": (np.bool_, (n,)), "blur": (np.bool_, (n,)),
+      "blur_sigma": (np.float32, (n,)), "solarize": (np.bool_, (n,)),
   }
   assert set(draws) == set(expected)
   for name, (dtype, shape) in expected.items():
@@ -298,6 +300,9 @@ def _params(batch: int, **overrides) -> dict[str, tf.Tensor]:
       "hue": np.zeros(batch, np.float32),
       "jitter_order": np.tile(np.arange(4, dtype=np.int32), (batch, 1)),
       "grayscale": np.zeros(batch, bool),
+      "blur": np.zeros(batch, bool),
+      "blur_sigma": np.ones(batch, np.float32),
+      "solarize": np.zeros(batch, bool),
   }
   values.update(overrides)
   return {k: tf.constant(v) for k, v in values.items()}

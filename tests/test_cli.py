@@ -42,9 +42,13 @@ def test_smoke_variant_overrides_the_method_and_unknown_variants_fail():
 
 
 @pytest.mark.parametrize("argv, status, said", [
-    (["fit"], 2, "error: unknown command 'fit'; usage: rwl-jax {train|evaluate|benchmark|memory|report}"),
+    (["fit"], 2, "error: unknown command 'fit'; usage: rwl-jax "
+                 "{train|evaluate|benchmark|memory|report|export}"),
     ([], 2, "error: no command; usage: rwl-jax"),
-    (["--help"], 0, "usage: rwl-jax {train|evaluate|benchmark|memory|report}"),
+    (["--help"], 0, "usage: rwl-jax {train|evaluate|benchmark|memory|report|export}"),
+    # export defines its flags only when run (importing it for load_encoder defines none).
+    (["export", "--workdir=no_such_run"], 2,
+     "error: "),
 ])
 def test_rwl_jax_command_line(argv, status, said, tmp_path):
   done = subprocess.run([sys.executable, "-c", "from rwl_jax import cli; cli.main()", *argv],
@@ -53,6 +57,9 @@ def test_rwl_jax_command_line(argv, status, said, tmp_path):
   assert done.returncode == status
   output = (done.stderr if status else done.stdout).strip()
   assert output.startswith(said) and len(output.splitlines()) == 1 and "Traceback" not in done.stderr
+  if argv[:1] == ["export"]:
+    assert output.endswith("no_such_run/config.json not found: --workdir must be a directory a "
+                           "training run wrote")
 
 
 def test_unsupported_workdir_is_one_error_line(tmp_path):

@@ -47,7 +47,9 @@ def test_evaluations_share_one_compiled_feature_function(tiny_run):
   evaluators = build_evaluators(config, num_classes=len(data.class_names))
   first = run_evaluators(evaluators[:1], extractor, state)
   second = run_evaluators(evaluators[:1], FeatureExtractor(built, data), state)
-  assert first == second and set(first) == {"knn_top1", "knn_top5"}
+  assert first == second and {"knn_top1", "knn_top5"} <= set(first)
+  assert set(first) - {"knn_top1", "knn_top5"} == {  # the default eval.knn_k_sweep
+      f"knn_top{t}_k{k}" for t in (1, 5) for k in config.eval.knn_k_sweep}
   assert 0 <= first["knn_top1"] <= first["knn_top5"] <= 1
   # Train and test batches have one shape: one executable for every evaluation of the run.
   assert built.features._cache_size() == 1  # pylint: disable=protected-access

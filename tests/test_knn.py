@@ -4,8 +4,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from rwl_jax import experiment
+from rwl_jax.configs import common
+from rwl_jax.errors import ConfigError
 from rwl_jax.evaluate import knn_top1
-from rwl_jax.evaluate.knn import knn_predict
+from rwl_jax.evaluate.evaluators import KnnEvaluator, SplitFeatures
+from rwl_jax.evaluate.knn import knn_accuracy, knn_predict, knn_sweep
 
 
 def numpy_knn_scores(train_x, train_y, test_x, num_classes, k, temperature):
@@ -155,3 +159,103 @@ def test_invalid_input_raises_value_error_naming_the_problem(kwargs, message):
     knn_top1(**kwargs)
   assert "\n" not in str(error.value)
   assert str(error.value).startswith("knn_top1: ")
+
+
+def reference_bounds(log_scores, labels):
+  """{'top1', 'top5'}: (rows surely correct, rows whose outcome a near-tie of float32 rounding
+  could flip) by the float64 reference. Exact ties (equal sums of the same weights, or classes
+  without votes at -inf) go to the smaller class id in both implementations: not near-ties."""
+  order = np.argsort(-log_scores, axis=1, kind="stable")  # ties: the smaller class first
+  ranked = np.take_along_axis(log_scores, order, axis=1)
+  bounds = {}
+  for name, top in (("top1", 1), ("top5", 5)):
+    hit = np.any(order[:, :top] == labels[:, None], axis=1)
+    with np.errstate(invalid="ignore"):
+      gap = ranked[:, top - 1] - ranked[:, top]
+    near = (np.nan_to_num(gap, nan=1.0) < 1e-4) & (gap != 0)
+    bounds[name] = (int(np.sum(hit & ~near)), int(np.sum(near)))
+  return bounds
+
+
+def assert_within(accuracy, bounds, num_test):
+  for name, (sure, ambiguous) in bounds.items():
+    correct = round(accuracy[name] * num_test)
+    assert sure <= correct <= sure + ambiguous, (name, correct, sure, ambiguous)
+    assert ambiguous <= 0.05 * num_test, "too many near-ties: the comparison would say little"
+
+
+SWEEP = (1, 10, 20, 100, 149, 150, 500)  # 150 train rows: k = 500 is clamped to 150
+
+
+@pytest.mark.parametrize("duplicated", [False, True])
+def test_sweep_matches_numpy_reference_for_every_k(duplicated):
+  num_classes = 10
+  train_x, train_y, test_x, test_y = random_problem(11, num_classes=num_classes, num_test=120)
+  if duplicated:  # rows 2i and 2i + 1 identical, different labels: every k cuts through ties
+    train_x = np.repeat(train_x[:75], 2, axis=0)
+    train_y = np.stack([train_y[:75], (train_y[:75] + 1) % num_classes], axis=1).reshape(-1)
+  sweep = knn_sweep(train_x, train_y, test_x, test_y, num_classes=num_classes, ks=SWEEP,
+                    temperature=0.1, chunk_size=50)
+  assert set(sweep) == set(SWEEP)
+  for k in SWEEP:
+    log_scores = numpy_knn_scores(train_x, train_y, test_x, num_classes, k, 0.1)
+    assert_within(sweep[k], reference_bounds(log_scores, test_y), len(test_y))
+  for k in (20, 149):  # one pass for all k gives each k's own figures exactly
+    assert sweep[k] == knn_accuracy(train_x, train_y, test_x, test_y, num_classes=num_classes,
+                                    k=k, temperature=0.1, chunk_size=50)
+  assert sweep[500] == sweep[150]  # k > N_train: clamped, every train row votes
+
+
+def test_sweep_ties_take_the_smaller_index_then_the_smaller_class():
+  # Three identical train rows labelled 2, 0, 1 (indices 0, 1, 2), and a far one labelled 3.
+  x = np.asarray([[1.0, 0.0]] * 3 + [[-1.0, 0.2]], np.float32)
+  y = np.asarray([2, 0, 1, 3])
+  query = np.asarray([[1.0, 0.0]], np.float32)
+  sweep = knn_sweep(x, y, query, np.asarray([2]), num_classes=4, ks=(1, 2, 3, 4, 9))
+  # k = 1: index 0 (class 2) among the equal neighbours; k = 2: classes 2 and 0 tie at equal
+  # weight -> class 0; k = 3: three-way tie -> 0; the far row's vote is exp(-2 / 0.1)-small.
+  assert [sweep[k]["top1"] for k in (1, 2, 3, 4, 9)] == [1.0, 0.0, 0.0, 0.0, 0.0]
+  assert all(sweep[k]["top5"] == 1.0 for k in (1, 2, 3, 4, 9))
+  for k, expected in ((1, 2), (2, 0), (3, 0)):
+    assert knn_predict(x, y, query, num_classes=4, k=k)[0] == expected
+    assert np.argmax(numpy_knn_scores(x, y, query, 4, k, 0.1)[0]) == expected
+
+
+def test_sweep_refuses_bad_ks():
+  x, y, tx, ty = random_problem(0, num_train=20, num_test=10)
+  with pytest.raises(ConfigError, match=r"^knn_sweep: ks must hold at least one k"):
+    knn_sweep(x, y, tx, ty, num_classes=5, ks=())
+  with pytest.raises(ConfigError, match=r"^knn_sweep: k must be an int >= 1, got 0"):
+    knn_sweep(x, y, tx, ty, num_classes=5, ks=(10, 0))
+
+
+@pytest.mark.parametrize("sweep, message", [
+    ((10, 0), r"eval.knn_k_sweep must be integers >= 1 like \(10, 20, 100, 200\)"),
+    ((-5,), r"eval.knn_k_sweep must be integers >= 1"),
+    (("a",), r"eval.knn_k_sweep must be a tuple of numbers"),
+    ((), None),  # off
+])
+def test_sweep_setting_is_validated(sweep, message):
+  config = common.get_config()
+  config.eval.knn_k_sweep = sweep
+  if message is None:
+    experiment.validate_config(config)
+    return
+  with pytest.raises(ConfigError, match=message) as error:
+    experiment.validate_config(config)
+  assert "\n" not in str(error.value)
+
+
+def test_evaluator_reports_the_headline_and_each_swept_k():
+  train_x, train_y, test_x, test_y = random_problem(2, num_classes=10)
+  features = SplitFeatures(train=(train_x, train_y), test=(test_x, test_y))
+  results = KnnEvaluator(num_classes=10, k=200, temperature=0.1, k_sweep=(10, 20))(features)
+  assert set(results) == {"knn_top1", "knn_top5", "knn_top1_k10", "knn_top5_k10",
+                          "knn_top1_k20", "knn_top5_k20"}
+  sweep = knn_sweep(train_x, train_y, test_x, test_y, num_classes=10, ks=(200, 10, 20))
+  assert (results["knn_top1"], results["knn_top5"]) == (sweep[200]["top1"], sweep[200]["top5"])
+  assert (results["knn_top1_k10"], results["knn_top5_k20"]) == (sweep[10]["top1"],
+                                                                sweep[20]["top5"])
+  # Without a sweep: the keys results.json always had.
+  assert set(KnnEvaluator(num_classes=10, k=200, temperature=0.1)(features)) == {
+      "knn_top1", "knn_top5"}

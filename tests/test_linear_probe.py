@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from rwl_jax import online_probe
 from rwl_jax.evaluate import linear_probe, linear_probe_top1
 
 NUM_CLASSES, DIM = 10, 64
@@ -141,3 +142,29 @@ def test_invalid_input_raises_value_error_naming_the_problem(kwargs, message):
     linear_probe_top1(**kwargs)
   assert "\n" not in str(error.value)
   assert str(error.value).startswith("linear_probe_top1: ")
+
+
+def test_top_k_correct_matches_numpy_with_ties_and_padding():
+  # The one top-k rule of kNN, the linear and online probes and fine-tuning.
+  rng = np.random.default_rng(4)
+  scores = rng.integers(0, 4, (200, 8)).astype(np.float32)  # many exact ties
+  labels = rng.integers(0, 8, 200)
+  mask = rng.random(200) < 0.8
+  order = np.argsort(-scores, axis=1, kind="stable")  # ties: the smaller class first
+  expected1 = np.sum((order[:, 0] == labels) & mask)
+  expected5 = np.sum(np.any(order[:, :5] == labels[:, None], axis=1) & mask)
+  top1, top5 = online_probe.top_k_correct(jnp.asarray(scores), jnp.asarray(labels), k=5,
+                                          mask=jnp.asarray(mask))
+  assert (int(top1), int(top5)) == (expected1, expected5)
+  # Fewer classes than k: every class counts, so top-k is every real row.
+  _, every = online_probe.top_k_correct(jnp.asarray(scores[:, :3]), jnp.asarray(labels % 3), k=5)
+  assert int(every) == 200
+
+
+def test_top5_beside_top1():
+  data = blobs(5, separation=0.3)  # overlapping: top-1 well below 1, top-5 above it
+  accuracy = linear_probe.linear_probe_accuracy(*data, num_classes=NUM_CLASSES, epochs=10,
+                                                batch_size=96)
+  assert set(accuracy) == {"top1", "top5"}
+  assert 0.2 < accuracy["top1"] < accuracy["top5"] < 1.0, accuracy
+  assert accuracy["top1"] == probe(*data, epochs=10)

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from conftest import REPO
-from rwl_jax import paths, report
+from rwl_jax import paths, report, tables
 from rwl_jax.errors import ConfigError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -139,3 +139,39 @@ def test_bad_output_path_fails_before_reading_runs(tmp_path):
   assert len(done.stderr.strip().splitlines()) == 1
   with pytest.raises(ConfigError, match="is a folder"):
     paths.output_file(str(tmp_path), "--plot")
+
+
+def test_sweep_and_fine_tuning_columns_only_when_some_run_has_them(tmp_path):
+  rows = [{"step": 0, "time": 1.0, "knn_top1": 0.2}]
+  full = report.load(write_run(tmp_path / "a", rows, {
+      "method": "rwl", "epochs": 1, "knn_top1": 0.4, "knn_top1_k10": 0.45, "knn_top5_k10": 0.9,
+      "knn_top1_k200": 0.4, "linear_top1": 0.5, "finetune_10pct_top1": 0.6,
+      "finetune_10pct_top5": 0.95, "finetune_1pct_top1": 0.3, "finetune_1pct_top5": 0.8}))
+  plain = report.load(write_run(tmp_path / "b", rows, {"method": "simclr", "epochs": 1,
+                                                       "knn_top1": 0.3, "linear_top1": 0.35}))
+  header = report.markdown_table([full, plain]).splitlines()[0]
+  assert header == ("| run | method | epochs | kNN top-1 | kNN k=10 | kNN k=200 | linear top-1 | "
+                    "fine-tune 1% top-1 | fine-tune 1% top-5 | fine-tune 10% top-1 | "
+                    "fine-tune 10% top-5 | images/s | s/epoch | "
+                    "kNN during training (step: top-1) |")
+  table = report.markdown_table([full, plain]).splitlines()
+  assert table[2].startswith("| a | rwl | 1 | 40.0 | 45.0 | 40.0 | 50.0 | 30.0 | 80.0 | 60.0 | "
+                             "95.0 |")
+  assert table[3].startswith("| b | simclr | 1 | 30.0 | n/a | n/a | 35.0 | n/a | n/a | n/a | "
+                             "n/a |")
+  # Runs without any of them: the old header, nothing added.
+  assert report.markdown_table([plain]).splitlines()[0] == (
+      "| run | method | epochs | kNN top-1 | linear top-1 | images/s | s/epoch "
+      "| kNN during training (step: top-1) |")
+
+
+def test_accuracy_rows_of_one_results_file():
+  results = {"knn_top1": 0.4, "knn_top5": 0.8, "knn_top1_k20": 0.42, "knn_top5_k20": 0.81,
+             "knn_top1_k100": 0.41, "knn_top5_k100": 0.79, "linear_top1": 0.5,
+             "linear_top5": 0.9, "finetune_0p5pct_top1": 0.2, "finetune_10pct_top1": 0.6,
+             "finetune_10pct_top5": 0.95, "step": 20, "method": "rwl"}
+  assert tables.format_table(tables.accuracy_rows(results, knn_k=200)).splitlines() == [
+      "evaluation | top-1 | top-5", "--- | --- | ---", "kNN k=200 | 40.0 | 80.0",
+      "kNN k=20 | 42.0 | 81.0", "kNN k=100 | 41.0 | 79.0", "linear probe | 50.0 | 90.0",
+      "fine-tune 0.5% labels | 20.0 | n/a", "fine-tune 10% labels | 60.0 | 95.0"]
+  assert tables.accuracy_rows({"step": 3}) == []

@@ -104,6 +104,8 @@ def test_rerun_changes_that_change_training_are_refused_with_every_field(tmp_pat
 @pytest.mark.parametrize("field, value", [
     ("log_every_steps", 7), ("keep_checkpoints", 9), ("eval.knn_k", 20),
     ("data.image_dir", "/elsewhere/cifar10"), ("profile.start_step", 3),
+    ("data.eval_image_dir", "/labelled/folder"), ("data.eval_train_split", "train"),
+    ("eval.finetune_fractions", (0.01, 0.1)),
 ])
 def test_rerun_may_change_how_the_run_is_watched_or_fed(tmp_path, field, value):
   config = tiny_config("data", "cache")
@@ -112,6 +114,14 @@ def test_rerun_may_change_how_the_run_is_watched_or_fed(tmp_path, field, value):
   (config[section] if section else config)[name] = value
   changes = workdir.check_rerun(path, config, has_checkpoint=True, accept_change=False)
   assert list(changes) == [field]
+
+
+def test_the_held_out_fraction_changes_the_training_images_so_it_is_not_runtime(tmp_path):
+  config = tiny_config("data", "cache")
+  path = saved_run(tmp_path, config)
+  config.data.holdout_fraction = 0.2
+  with pytest.raises(ConfigError, match="data.holdout_fraction 0.1 -> 0.2"):
+    workdir.check_rerun(path, config, has_checkpoint=True, accept_change=False)
 
 
 def test_the_online_probe_changes_training_so_it_is_not_a_runtime_setting(tmp_path):

@@ -36,8 +36,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.global_batch_size = 256
 
   config.model = ml_collections.ConfigDict()
+  # resnet10/18/34/50 or vit_tiny/small/base (rwl_jax/models). width: a ResNet's base width, a
+  # ViT's head dimension (64 = the published sizes; dim = heads * width).
   config.model.encoder = "resnet18"
   config.model.width = 64
+  # ResNets: "cifar" (conv 3x3 stride 1, no max-pool) or "imagenet" (torchvision's conv 7x7
+  # stride 2 + max-pool, for 224 px). Unused by ViTs.
+  config.model.stem = "cifar"
+  # ViTs: patch side in pixels, dividing data.image_size (4 for 32 px, 16 for 224). Unused by
+  # ResNets.
+  config.model.patch_size = 4
   config.model.projector_dims = (512, 512)  # encoder 512 -> 512 -> 512
   config.model.projector_batch_norm = False  # BatchNorm between the projector's layers
   # Prediction head of byol, simsiam and their GSG variants (hidden..., output), BatchNorm between
@@ -79,9 +87,24 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict()
   config.data.tfds_name = "cifar10"
   config.data.tfds_data_dir = ""  # "" = TFDS default (~/tensorflow_datasets)
-  config.data.image_dir = ""  # PATH/{train,test}/CLASS/*.png|jpg; "" = use TFDS
+  # Your own images, any size and mode, "" = use TFDS. Layouts (rwl_jax/data/sources.py):
+  # PATH/train/CLASS/IMAGE [+ PATH/test/CLASS/IMAGE] labelled; PATH/IMAGE or PATH/train/IMAGE
+  # unlabelled (trained on, not evaluated, unless eval_image_dir is given).
+  config.data.image_dir = ""
+  # A labelled folder (PATH/train/CLASS/IMAGE [+ PATH/test/CLASS/IMAGE]) for the kNN / linear
+  # probe of a run on unlabelled images: its train split trains them, its test split scores them.
+  config.data.eval_image_dir = ""
   config.data.train_split = "train"
   config.data.eval_split = "test"
+  # The split whose features train the kNN bank and the linear probe; "" = train_split. STL-10
+  # trains on "train+unlabelled" and evaluates with "train" (the unlabelled images have label -1).
+  config.data.eval_train_split = ""
+  # A labelled image folder without an eval_split folder: this fraction of each class of train
+  # (seeded with holdout_seed, at least one image per class) is held out as the evaluation split.
+  config.data.holdout_fraction = 0.1
+  config.data.holdout_seed = 0
+  # Image folders: every image becomes image_size x image_size (shorter side scaled, bicubic,
+  # centre crop); TFDS images of another size likewise.
   config.data.image_size = 32
   config.data.cache_dir = ""  # decoded image-folder arrays; "" = ~/.cache/rwl_jax
   config.data.max_train_examples = 0  # 0 = all; a prefix of the shuffled split, for quick runs
@@ -102,6 +125,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval.batch_size = 1024
   config.eval.knn_k = 200
   config.eval.knn_temperature = 0.1
+  # kNN top-1/top-5 also at these k (knn_top1_k10, ...), from the same single neighbour search;
+  # () = off. knn_top1 stays the figure at knn_k.
+  config.eval.knn_k_sweep = (10, 20, 100, 200)
   config.eval.knn_every_epochs = 0  # 0 = only at the end
   config.eval.linear_every_epochs = 0  # 0 = only at the end (each probe trains from scratch)
   # Theory diagnostics (p_pos and its ceiling, effective ranks, alignment/uniformity, L_rw bands;
@@ -118,6 +144,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval.online_probe = False
   config.eval.online_probe_learning_rate = 0.1
   config.eval.online_probe_every_epochs = 0  # 0 = only at the end
+  # Semi-supervised fine-tuning at the end of the run (rwl_jax/evaluate/finetune.py): for each
+  # fraction, a class-balanced seeded subset of the labelled train split, the whole encoder and a
+  # new linear head trained with cross-entropy (SimCLR's protocol: SGD Nesterov momentum 0.9, no
+  # weight decay, cosine decay, crop and flip), then top-1/top-5 on the eval split
+  # (finetune_1pct_top1, ...). () = off; (0.01, 0.1) is SimCLR's 1 % and 10 %.
+  config.eval.finetune_fractions = ()
+  config.eval.finetune_epochs = 60  # SimCLR: 60 epochs at 1 %, 30 at 10 %
+  config.eval.finetune_batch_size = 256  # capped by the subset's size
+  config.eval.finetune_learning_rate = 0.05  # SimCLR's 0.05 * batch / 256; not rescaled
 
   config.log_every_steps = 50
   # jax.profiler trace of num_steps steps from start_step (0 = off) into WORKDIR/profile.

@@ -1,4 +1,4 @@
-"""The SimCLR two-view augmentation (an `AugmentRecipe`) in pure JAX, for the accelerator path.
+"""The two-view augmentation (an `AugmentRecipe`) in pure JAX, for the accelerator path.
 
 Here the uint8 dataset lives in device memory and views are made inside the jitted train step,
 so everything is batched jnp code with static shapes: no per-image Python loops, no dynamic
@@ -15,7 +15,11 @@ laws), so parameters drawn by either implementation can be applied by either one
 * With probability jitter_prob, ColorJitter with factors b, c, s ~ U[1 - x, 1 + x] and hue
   shift ~ U[-hue, hue] (turns), its four operations in a uniformly random per-image order,
   following `torchvision.transforms.functional` on float images in [0, 1].
-* Grayscale (ITU-R 601-2 luma) with probability grayscale_prob; then (x - mean) / std.
+* Grayscale (ITU-R 601-2 luma) with probability grayscale_prob.
+* Gaussian blur with probability blur_prob[view % 2], sigma ~ U[blur_sigma], 2r + 1 taps with
+  r = blur_radius(S) (23 taps at 224 px, 3 at 32), separable, reflect padding (see
+  `_gaussian_blur`); solarisation (x -> 1 - x where x >= 0.5) with probability
+  solarize_prob[view % 2]; then (x - mean) / std.
 
 The deliberate deviations from torchvision are those of `augment_tf` (bilinear resize with
 half-pixel centres clamped inside the crop and no antialiasing; no uint8 rounding between
@@ -36,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rwl_jax.data.recipe import LUMA, AugmentRecipe, central_crop
+from rwl_jax.data.recipe import LUMA, AugmentRecipe, blur_radius, central_crop
 
 # torchvision's RandomResizedCrop tries this many (scale, ratio) draws before falling back.
 _CROP_ATTEMPTS = 10
@@ -47,6 +51,10 @@ _CORNER_I, _CORNER_J, _FLIP, _JITTER, _B, _C, _S, _H, _GRAY = range(2 * _CROP_AT
                                                                     2 * _CROP_ATTEMPTS + 9)
 _ORDER = slice(2 * _CROP_ATTEMPTS + 9, 2 * _CROP_ATTEMPTS + 13)
 _NUM_UNIFORMS = 2 * _CROP_ATTEMPTS + 13
+# Blur, blur sigma and solarisation draw from a key folded from the view's key, so the draw above
+# (and every view of a recipe without blur or solarisation) is what it was before they existed.
+_BLUR, _SIGMA, _SOLARIZE = range(3)
+_EXTRA_STREAM = 1
 # Position of each colour operation in `jitter_order`; _IDENTITY marks images without jitter.
 _BRIGHTNESS, _CONTRAST, _SATURATION, _HUE, _IDENTITY = 0, 1, 2, 3, 4
 # float32 matmuls must not drop to TF32/bf16 passes on GPU: the resize weights need ~1e-6.
@@ -93,7 +101,7 @@ def _sample_crop(u: jax.Array, height: int, width: int,
 
 
 def sample_view_params(key: jax.Array, batch_size: int, image_size: tuple[int, int],
-                       recipe: AugmentRecipe) -> dict[str, jax.Array]:
+                       recipe: AugmentRecipe, view: int = 0) -> dict[str, jax.Array]:
   """Draws the per-image parameters of one view for a batch.
 
   Args:
@@ -101,6 +109,8 @@ def sample_view_params(key: jax.Array, batch_size: int, image_size: tuple[int, i
     batch_size: number of images B, a Python int (static under jit).
     image_size: (height, width) of the input images, as Python ints.
     recipe: the augmentation recipe.
+    view: which view this is (0 = first, 1 = second; recipe.view_probabilities), a Python int
+      (static under jit), for the per-view blur and solarisation probabilities.
 
   Returns:
     A dict with the keys, dtypes and shapes of `augment_tf.sample_view_params`:
@@ -112,8 +122,10 @@ def sample_view_params(key: jax.Array, batch_size: int, image_size: tuple[int, i
         [B] shift in turns (0 is the identity).
       jitter_order: int32 [B, 4], a uniformly random permutation of (0 brightness, 1 contrast,
         2 saturation, 3 hue) per image.
+      blur, solarize: bool [B]; blur_sigma: float32 [B] pixels, ~ U[recipe.blur_sigma].
   """
   height, width = (int(s) for s in image_size)
+  blur_prob, solarize_prob = recipe.view_probabilities(view)
   # One draw of i.i.d. uniforms, one column per random quantity: a single RNG kernel, and far
   # less to compile than a key split and a threefry call per parameter.
   u = jax.random.uniform(key, (batch_size, _NUM_UNIFORMS), jnp.float32)
@@ -124,6 +136,9 @@ def sample_view_params(key: jax.Array, batch_size: int, image_size: tuple[int, i
 
   def between(column: int, lo: float, hi: float) -> jax.Array:
     return lo + (hi - lo) * u[:, column]
+
+  extra = jax.random.uniform(jax.random.fold_in(key, _EXTRA_STREAM), (batch_size, 3), jnp.float32)
+  sigma_lo, sigma_hi = recipe.blur_sigma
 
   return {
       "crop_box": crop_box,
@@ -139,6 +154,9 @@ def sample_view_params(key: jax.Array, batch_size: int, image_size: tuple[int, i
       # Sorting i.i.d. uniforms gives a uniformly random permutation (ties have probability ~0).
       "jitter_order": jnp.argsort(u[:, _ORDER], axis=1, stable=True).astype(jnp.int32),
       "grayscale": u[:, _GRAY] < recipe.grayscale_prob,
+      "blur": extra[:, _BLUR] < blur_prob,
+      "blur_sigma": sigma_lo + (sigma_hi - sigma_lo) * extra[:, _SIGMA],
+      "solarize": extra[:, _SOLARIZE] < solarize_prob,
   }
 
 
@@ -236,6 +254,31 @@ def _color_jitter(x: jax.Array, params: Mapping[str, jax.Array]) -> jax.Array:
   return x
 
 
+def _gaussian_blur(x: jax.Array, sigma: jax.Array, radius: int) -> jax.Array:
+  """Separable Gaussian blur of [B, S, S, C] images, sigma float32 [B] pixels, 2r + 1 taps.
+
+  out = sum_{a,b} k_a k_b x[y + a, x + b] with k_t = exp(-t^2 / (2 sigma^2)) / sum_s (same),
+  t = -r..r, as 2r + 1 shifted multiply-adds along the columns (x), then the rows (y): the same
+  sums in the same order as augment_tf. Not dm_pix.gaussian_blur: with a sigma per image it
+  needs a vmap, which lowers to one grouped convolution with B * C groups (on CPU about half the
+  time of a whole 32-pixel view), while the shifted sums fuse into elementwise passes.
+  Reflect padding (..., x[2], x[1] | x[0], x[1], ...: torchvision's GaussianBlur) rather than
+  the zero ('SAME') padding of SimCLR's and BYOL's code (and dm-pix's default): the kernel sums
+  to 1 at every pixel, so a constant image stays constant and the border keeps its brightness
+  instead of darkening an r-pixel frame (a tenth of a 32-pixel view).
+  """
+  if radius == 0:
+    return x
+  taps = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
+  kernel = jnp.exp(-jnp.square(taps)[None, :] / (2.0 * jnp.square(sigma)[:, None]))
+  kernel = kernel / jnp.sum(kernel, axis=1, keepdims=True)  # [B, 2r + 1]
+  weight = [kernel[:, t, None, None, None] for t in range(2 * radius + 1)]
+  height, width = x.shape[1:3]
+  padded = jnp.pad(x, ((0, 0), (radius, radius), (radius, radius), (0, 0)), mode="reflect")
+  columns = sum(weight[t] * padded[:, :, t:t + width] for t in range(2 * radius + 1))
+  return sum(weight[t] * columns[:, t:t + height] for t in range(2 * radius + 1))
+
+
 def apply_view(images_uint8: jax.Array, params: Mapping[str, jax.Array], recipe: AugmentRecipe,
                output_size: int) -> jax.Array:
   """Applies one view's parameters (from either `sample_view_params`) to a batch.
@@ -255,16 +298,25 @@ def apply_view(images_uint8: jax.Array, params: Mapping[str, jax.Array], recipe:
   x = _color_jitter(x, params)
   grayscale = jnp.asarray(params["grayscale"], jnp.bool_)[:, None, None, None]
   x = jnp.where(grayscale, _grayscale(x), x)  # The luma broadcasts over the 3 channels.
+  # Static shapes: every image is blurred and the flag selects, so unblurred images pass through
+  # bit-exactly (as do unsolarised ones).
+  blur = jnp.asarray(params["blur"], jnp.bool_)[:, None, None, None]
+  blurred = _gaussian_blur(x, jnp.asarray(params["blur_sigma"], jnp.float32),
+                           blur_radius(output_size))
+  x = jnp.where(blur, blurred, x)
+  solarize = jnp.asarray(params["solarize"], jnp.bool_)[:, None, None, None]
+  x = jnp.where(solarize & (x >= 0.5), 1.0 - x, x)
   return recipe.normalize(x, lambda values: jnp.asarray(values, jnp.float32))
 
 
 def random_view(key: jax.Array, images_uint8: jax.Array, recipe: AugmentRecipe,
-                output_size: int) -> jax.Array:
+                output_size: int, view: int = 0) -> jax.Array:
   """One random view of each image: `sample_view_params` then `apply_view`.
 
-  Shapes come from `images_uint8` (static under jit); jit with recipe and output_size static,
-  e.g. `jax.jit(random_view, static_argnums=(2, 3))`. Use a fresh key per batch and view.
+  Shapes come from `images_uint8` (static under jit); jit with recipe, output_size and view
+  static, e.g. `jax.jit(random_view, static_argnums=(2, 3, 4))`. Use a fresh key per batch and
+  view; view (0 first, 1 second) picks the recipe's per-view blur and solarisation probabilities.
   """
   batch, height, width = images_uint8.shape[:3]
-  params = sample_view_params(key, batch, (height, width), recipe)
+  params = sample_view_params(key, batch, (height, width), recipe, view)
   return apply_view(images_uint8, params, recipe, output_size)

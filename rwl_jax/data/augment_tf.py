@@ -1,4 +1,4 @@
-"""The SimCLR two-view augmentation (an `AugmentRecipe`) in TensorFlow, vectorised over a batch.
+"""The two-view augmentation (an `AugmentRecipe`) in TensorFlow, vectorised over a batch.
 
 This is the host-side implementation: it runs inside a tf.data `map` after batching, in graph
 mode, so every operation works on the whole batch at once (no per-image `tf.map_fn`). All
@@ -6,8 +6,8 @@ randomness comes from stateless ops seeded by one `[2]` seed, so a view is a pur
 (images, seed, recipe).
 
 The law is torchvision's (RandomResizedCrop, RandomHorizontalFlip, RandomApply(ColorJitter),
-RandomGrayscale, Normalize), with the colour operations following
-`torchvision.transforms.functional` on float tensors in [0, 1]. Deliberate deviations:
+RandomGrayscale, RandomApply(GaussianBlur), RandomSolarize, Normalize), with the colour operations
+following `torchvision.transforms.functional` on float tensors in [0, 1]. Deliberate deviations:
 
 * Resize: bilinear with half-pixel centres and edge clamping inside the crop, i.e. exactly
   PyTorch's `interpolate(mode="bilinear", align_corners=False)`, which equals PIL's bilinear
@@ -17,6 +17,8 @@ RandomGrayscale, Normalize), with the colour operations following
   each jitter operation; here everything stays float32 in [0, 1].
 * The crop's top-left corner is drawn once per image rather than after the winning attempt;
   the distribution is the same.
+* Blur: a (2r + 1)-tap kernel, r = blur_radius(S) from recipe.py, SimCLR's and BYOL's size
+  (23 taps at 224 px, 3 at 32 px), with reflect padding (see `_gaussian_blur`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402  (must follow the log-level setting)
 
-from rwl_jax.data.recipe import LUMA, AugmentRecipe, central_crop  # noqa: E402
+from rwl_jax.data.recipe import LUMA, AugmentRecipe, blur_radius, central_crop  # noqa: E402
 
 # torchvision's RandomResizedCrop tries this many (scale, ratio) draws before falling back.
 _CROP_ATTEMPTS = 10
@@ -36,6 +38,11 @@ _CROP_ATTEMPTS = 10
 _BRIGHTNESS, _CONTRAST, _SATURATION, _HUE = 0, 1, 2, 3
 # Philox explicitly, so the same seed gives the same view on every device.
 _ALG = "philox"
+# Seeds split from a view's seed: 0-10 the crop, flip, jitter and grayscale streams, 11-13 blur,
+# blur sigma and solarisation. stateless_split(seed, n) is a prefix of stateless_split(seed, m)
+# for n < m, so the first 11 streams (and every view of a recipe without blur or solarisation)
+# are what they were before blur and solarisation were added.
+_NUM_SEEDS = 14
 
 
 def _uniform(shape, seed, minval=0.0, maxval=1.0, dtype=tf.float32) -> tf.Tensor:
@@ -64,13 +71,14 @@ def _sample_crop(seeds: tf.Tensor, batch_size, height: int, width: int,
   # randint[0, H - h] inclusive; the minimum guards against u rounding up to 1.
   i = tf.minimum(tf.floor(corner[:, 0] * (height - h + 1.0)), height - h)
   j = tf.minimum(tf.floor(corner[:, 1] * (width - w + 1.0)), width - w)
-  fallback = [tf.constant(float(v), tf.float64) for v in central_crop(height, width, recipe.crop_ratio)]
+  fallback = [tf.constant(float(v), tf.float64)
+              for v in central_crop(height, width, recipe.crop_ratio)]
   i, j, h, w = (tf.where(found, v, fb) for v, fb in zip((i, j, h, w), fallback))
   return i, j, h, w
 
 
 def sample_view_params(seed, batch_size: int, image_size: tuple[int, int],
-                       recipe: AugmentRecipe) -> dict[str, tf.Tensor]:
+                       recipe: AugmentRecipe, view: int = 0) -> dict[str, tf.Tensor]:
   """Draws the per-image parameters of one view for a batch.
 
   Args:
@@ -78,6 +86,8 @@ def sample_view_params(seed, batch_size: int, image_size: tuple[int, int],
     batch_size: number of images B (a Python int or a scalar int tensor).
     image_size: (height, width) of the input images, as Python ints.
     recipe: the augmentation recipe.
+    view: which view this is (0 = first, 1 = second; recipe.view_probabilities), for the
+      per-view blur and solarisation probabilities. Nothing else depends on it.
 
   Returns:
     A dict of tensors, each with leading dimension B:
@@ -93,12 +103,16 @@ def sample_view_params(seed, batch_size: int, image_size: tuple[int, int],
       jitter_order: int32 [B, 4], the order of the jitter operations (0 brightness,
         1 contrast, 2 saturation, 3 hue), a uniformly random permutation per image.
       grayscale: bool [B], convert to grayscale.
+      blur: bool [B], Gaussian-blur the view; blur_sigma: float32 [B], its sigma in pixels,
+        ~ U[recipe.blur_sigma] (drawn for every image, used where blur is True).
+      solarize: bool [B], solarise the view.
   """
   height, width = (int(s) for s in image_size)
+  blur_prob, solarize_prob = recipe.view_probabilities(view)
   seed = tf.convert_to_tensor(seed)
   if seed.dtype not in (tf.int32, tf.int64):
     seed = tf.cast(seed, tf.int64)
-  seeds = tf.random.experimental.stateless_split(seed, num=11, alg=_ALG)
+  seeds = tf.random.experimental.stateless_split(seed, num=_NUM_SEEDS, alg=_ALG)
   shape = tf.reshape(tf.convert_to_tensor(batch_size, tf.int32), [1])
 
   i, j, h, w = _sample_crop(seeds[0:3], batch_size, height, width, recipe)
@@ -121,6 +135,9 @@ def sample_view_params(seed, batch_size: int, image_size: tuple[int, int],
       "jitter_order": tf.argsort(_uniform(tf.concat([shape, [4]], 0), seeds[9]), axis=1,
                                  stable=True),
       "grayscale": _uniform(shape, seeds[10]) < recipe.grayscale_prob,
+      "blur": _uniform(shape, seeds[11]) < blur_prob,
+      "blur_sigma": _uniform(shape, seeds[12], *recipe.blur_sigma),
+      "solarize": _uniform(shape, seeds[13]) < solarize_prob,
   }
 
 
@@ -176,15 +193,17 @@ def _crop_resize_flip(images: tf.Tensor, crop_box: tf.Tensor, flip: tf.Tensor,
   return out / 255.0
 
 
-def _apply_where(x: tf.Tensor, mask: tf.Tensor, fn) -> tf.Tensor:
-  """fn applied to the images where mask is True; the others pass through bit-exactly."""
+def _apply_where(x: tf.Tensor, mask: tf.Tensor, fn, *per_image: tf.Tensor) -> tf.Tensor:
+  """fn(selected x, *selected per_image) for the images where mask is True; the others pass
+  through bit-exactly. per_image: further [B, ...] arguments of fn, partitioned alike."""
   # Partition and stitch, so fn runs only on the selected images and no whole-batch tf.where
   # (slow on CPU) is needed.
   index = tf.range(tf.shape(x)[0])
   code = tf.cast(mask, tf.int32)
   kept, selected = tf.dynamic_partition(x, code, 2)
   kept_index, selected_index = tf.dynamic_partition(index, code, 2)
-  return tf.dynamic_stitch([kept_index, selected_index], [kept, fn(selected)])
+  arguments = [tf.dynamic_partition(value, code, 2)[1] for value in per_image]
+  return tf.dynamic_stitch([kept_index, selected_index], [kept, fn(selected, *arguments)])
 
 
 def _grayscale(x: tf.Tensor) -> tf.Tensor:
@@ -238,6 +257,38 @@ def _color_jitter(x: tf.Tensor, params: dict[str, tf.Tensor]) -> tf.Tensor:
   return x
 
 
+def _gaussian_blur(x: tf.Tensor, sigma: tf.Tensor, radius: int, size: int) -> tf.Tensor:
+  """Separable Gaussian blur of [n, S, S, C] images, sigma float32 [n] pixels, 2r + 1 taps.
+
+  out = sum_{a,b} k_a k_b x[y + a, x + b] with k_t = exp(-t^2 / (2 sigma^2)) / sum_s (same),
+  t = -r..r: along the columns (x) first, then the rows (y), as augment_jax.
+  Reflect padding (..., x[2], x[1] | x[0], x[1], ...: torchvision's GaussianBlur): the kernel
+  sums to 1 at every pixel, so a constant image stays constant and the border keeps its
+  brightness, unlike SimCLR's and BYOL's zero ('SAME') padding, which darkens an r-pixel frame
+  (a tenth of the view at r = 1, S = 32). The reflected taps are static gathers (tf.pad's
+  REFLECT mode refuses an empty batch, which a partition can be).
+  """
+  if radius == 0:
+    return x
+  taps = tf.range(-radius, radius + 1, dtype=tf.float32)
+  kernel = tf.exp(-tf.square(taps)[None, :] / (2.0 * tf.square(sigma)[:, None]))
+  kernel = kernel / tf.reduce_sum(kernel, axis=1, keepdims=True)  # [n, 2r + 1]
+
+  def along(values: tf.Tensor, axis: int) -> tf.Tensor:
+    total = 0.0
+    for t in range(-radius, radius + 1):
+      source = [abs(k) if k < size else 2 * (size - 1) - k for k in range(t, size + t)]
+      total += kernel[:, t + radius, None, None, None] * tf.gather(values, source, axis=axis)
+    return total
+
+  return along(along(x, 2), 1)
+
+
+def _solarize(x: tf.Tensor) -> tf.Tensor:
+  """x -> 1 - x where x >= 0.5 (PIL's ImageOps.solarize(threshold=128) on [0, 1] images)."""
+  return tf.where(x >= 0.5, 1.0 - x, x)
+
+
 def apply_view(images, params: dict[str, tf.Tensor], recipe: AugmentRecipe,
                output_size: int) -> tf.Tensor:
   """Applies one view's parameters (from `sample_view_params`) to a batch.
@@ -257,19 +308,26 @@ def apply_view(images, params: dict[str, tf.Tensor], recipe: AugmentRecipe,
   x = _color_jitter(x, params)
   x = _apply_where(x, tf.cast(params["grayscale"], tf.bool),
                    lambda y: tf.tile(_grayscale(y), [1, 1, 1, 3]))
+  radius = blur_radius(output_size)
+  x = _apply_where(x, tf.cast(params["blur"], tf.bool),
+                   lambda y, sigma: _gaussian_blur(y, sigma, radius, output_size),
+                   tf.cast(params["blur_sigma"], tf.float32))
+  x = _apply_where(x, tf.cast(params["solarize"], tf.bool), _solarize)
   x = recipe.normalize(x, lambda values: tf.constant(values, tf.float32))
   return tf.ensure_shape(x, [None, output_size, output_size, 3])
 
 
-def random_view(images, seed, recipe: AugmentRecipe, output_size: int) -> tf.Tensor:
+def random_view(images, seed, recipe: AugmentRecipe, output_size: int,
+                view: int = 0) -> tf.Tensor:
   """One random view of each image: `sample_view_params` then `apply_view`.
 
   The image size comes from the static shape of `images`; the batch size may be dynamic (a
-  final partial batch). The same seed gives the same parameters, so vary it per batch and view.
+  final partial batch). The same seed gives the same parameters, so vary it per batch and view;
+  view (0 first, 1 second) picks the recipe's per-view blur and solarisation probabilities.
   """
   images = tf.convert_to_tensor(images)
   height, width = images.shape[1], images.shape[2]
   if height is None or width is None:
     raise ValueError(f"random_view needs a static image height and width, got {images.shape}")
-  params = sample_view_params(seed, tf.shape(images)[0], (height, width), recipe)
+  params = sample_view_params(seed, tf.shape(images)[0], (height, width), recipe, view)
   return apply_view(images, params, recipe, output_size)

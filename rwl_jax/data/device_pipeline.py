@@ -63,9 +63,10 @@ def with_device_views(train_step: Callable, recipe: AugmentRecipe, *, seed: int,
 
   def step(state, dataset: dict[str, jax.Array], indices: jax.Array):
     batch = gather(dataset, indices)
+    # index: first or second view, for the recipe's per-view blur and solarisation probabilities.
     inputs = {view: augment_jax.random_view(rng.stream_key(seed, state.step, view),
-                                            batch["image"], recipe, image_size)
-              for view in ("view1", "view2")}
+                                            batch["image"], recipe, image_size, index)
+              for index, view in enumerate(("view1", "view2"))}
     if "label" in batch:
       inputs["label"] = batch["label"]
     return train_step(state, inputs)

@@ -27,16 +27,35 @@ from rwl_jax.errors import ConfigError
 
 @dataclasses.dataclass(frozen=True)
 class ProcessData:
-  """This process's examples of the train and eval splits, and how each split is sharded."""
+  """This process's examples of the training and evaluation splits, and how each is sharded.
+
+  train is what the step trains on (its labels only for the online probe); the evaluation
+  extracts features of eval_train (the kNN bank and linear-probe training split: `train` itself
+  unless data.eval_train_split or data.eval_image_dir names another) and of test. test is None
+  when the run has no labelled evaluation data; evaluation_off says why.
+  """
 
   train: sources.ArraySplit
-  test: sources.ArraySplit
+  test: sources.ArraySplit | None
   train_shards: order.DataShards
-  test_shards: order.DataShards
+  test_shards: order.DataShards | None
+  eval_train: sources.ArraySplit | None = None  # None = train
+  eval_train_shards: order.DataShards | None = None
+  evaluation_off: str = ""
+
+  def __post_init__(self):
+    if self.eval_train is None:  # the training split is the bank: held once, not twice
+      object.__setattr__(self, "eval_train", self.train)
+      object.__setattr__(self, "eval_train_shards", self.train_shards)
+
+  @property
+  def evaluates(self) -> bool:
+    return self.test is not None
 
   @property
   def class_names(self) -> tuple[str, ...]:
-    return self.train.class_names
+    """The evaluation's classes (the training split's when evaluation is off)."""
+    return self.eval_train.class_names if self.evaluates else self.train.class_names
 
   def steps_per_epoch(self, global_batch_size: int) -> int:
     """Full global batches per epoch; ConfigError when there is not even one."""
@@ -50,22 +69,54 @@ class ProcessData:
 
 
 def load_data(config: ml_collections.ConfigDict) -> ProcessData:
-  """Reads only this process's shards of the train and eval splits (order.DataShards)."""
+  """Reads only this process's shards of the training and evaluation splits (order.DataShards);
+  which splits and folders they are: sources.open_dataset."""
   data = config.data
-  train_source = sources.open_split(data, data.train_split, data.max_train_examples)
-  test_source = sources.open_split(data, data.eval_split, data.max_eval_examples)
-  if train_source.class_names != test_source.class_names:
-    raise ConfigError(f"the {data.train_split!r} and {data.eval_split!r} splits have different "
-                      f"classes: {train_source.class_names} vs {test_source.class_names}")
-  train_shards, test_shards = (
-      order.data_shards(source.num_examples, data.num_shards, jax.process_index(),
-                        jax.process_count()) for source in (train_source, test_source))
-  for name, shards in (("train", train_shards), ("test", test_shards)):
+  opened = sources.open_dataset(data)
+  if config.eval.online_probe:
+    _check_online_probe_labels(opened)
+
+  def shards_of(source, name):
+    shards = order.data_shards(source.num_examples, data.num_shards, jax.process_index(),
+                               jax.process_count())
     logging.info("process %d of %d reads %s examples [%d, %d) of %d", jax.process_index(),
                  jax.process_count(), name, *shards.process_range(), shards.num_examples)
-  return ProcessData(train=train_source.read(*train_shards.process_range()),
-                     test=test_source.read(*test_shards.process_range()),
-                     train_shards=train_shards, test_shards=test_shards)
+    return shards
+
+  held = {}
+  for name, source in (("train", opened.train), ("eval_train", opened.bank),
+                       ("test", opened.test)):
+    if source is not None:
+      shards = shards_of(source, name)
+      held[name] = source.read(*shards.process_range()), shards
+  if config.eval.online_probe and (held["train"][0].labels < 0).any():
+    raise ConfigError(f"eval.online_probe trains on the labels of data.train_split "
+                      f"{data.train_split!r}, and it has unlabelled examples (label -1); turn it "
+                      "off or train on a labelled split")
+  bank = held.get("eval_train", (None, None))
+  if bank[0] is not None and (bank[0].labels < 0).any():
+    raise ConfigError(f"the kNN bank / linear-probe split {opened.bank.split!r} has unlabelled "
+                      "examples (label -1); set data.eval_train_split to a labelled split")
+  if opened.test is not None and bank[0] is None and (held["train"][0].labels < 0).any():
+    raise ConfigError(f"the kNN bank / linear-probe split {data.train_split!r} (the training "
+                      "split) has unlabelled examples (label -1); set data.eval_train_split to a "
+                      "labelled split (STL-10: 'train')")
+  test = held.get("test", (None, None))
+  return ProcessData(train=held["train"][0], train_shards=held["train"][1], test=test[0],
+                     test_shards=test[1], eval_train=bank[0], eval_train_shards=bank[1],
+                     evaluation_off=opened.evaluation_off)
+
+
+def _check_online_probe_labels(opened: sources.DatasetSources) -> None:
+  """The online probe trains on the training split's labels and is scored on the test split."""
+  if not opened.train.class_names:
+    raise ConfigError("eval.online_probe needs labelled training images, and the images of "
+                      "data.image_dir have no labels (no class folders); set "
+                      "--config.eval.online_probe=False")
+  if opened.test is not None and opened.train.class_names != opened.test.class_names:
+    raise ConfigError(f"eval.online_probe is trained on the classes of the training data and "
+                      f"scored on the evaluation data's, and they differ: "
+                      f"{opened.train.class_names[:5]} vs {opened.test.class_names[:5]}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,10 +1,11 @@
 """The host input pipeline (tf.data): shuffled global batches of two augmented views.
 
 Order and augmentation are pure functions of (seed, epoch, step): the epoch's order comes from
-order.DataShards (seeded per shard), and each view's random parameters from a
-stateless TensorFlow seed of the view's named stream (rng.tf_seed(seed, global step, 'view1'|'view2')). So a resumed run sees exactly
-the batches an uninterrupted one would, and the parameters of the whole global batch are drawn
-before a process takes its rows, so the split over processes does not change an image's view.
+order.DataShards (seeded per shard), and each view's random parameters from a stateless
+TensorFlow seed of the view's named stream (rng.tf_seed(seed, global step, 'view1'|'view2')).
+So a resumed run sees exactly the batches an uninterrupted one would, and the parameters of the
+whole global batch are drawn before a process takes its rows, so the split over processes does
+not change an image's view.
 TensorFlow runs on the host CPU only; batches leave as NumPy arrays.
 """
 
@@ -60,10 +61,12 @@ def train_batches(local_split: ArraySplit, *, shards: DataShards, global_batch_s
   def make_views(step, local_indices):
     batch = tf.gather(images, local_indices)
     views = {}
-    for view in ("view1", "view2"):
+    # index: first or second view, for the recipe's per-view blur and solarisation probabilities.
+    for index, view in enumerate(("view1", "view2")):
       view_seed = tf.stack([tf.constant(value, tf.int64) if isinstance(value, int) else value
                             for value in rng.tf_seed(seed, step, view)])
-      params = augment_tf.sample_view_params(view_seed, global_batch_size, (height, width), recipe)
+      params = augment_tf.sample_view_params(view_seed, global_batch_size, (height, width), recipe,
+                                             index)
       params = {name: value[rows] for name, value in params.items()}
       views[view] = augment_tf.apply_view(batch, params, recipe, height)
     views["label"] = tf.gather(labels, local_indices)

@@ -4,10 +4,22 @@ CIFAR-sized datasets fit in host (and accelerator) memory, so each process reads
 split once (order.DataShards says which) into `ArraySplit(images [N, H, W, 3] uint8, labels [N]
 int32)`; the input pipelines index into it. Nothing here imports TensorFlow except the TFDS
 source, and only when it is used.
+
+Image folders (data.image_dir, data.eval_image_dir), one level deep, hidden entries ignored:
+
+  DIR/train/CLASS/IMAGE + DIR/test/CLASS/IMAGE   labelled, with its own evaluation split
+  DIR/train/CLASS/IMAGE                          labelled; a seeded, class-balanced
+                                                 data.holdout_fraction of train is the test split
+  DIR/IMAGE, or DIR/train/IMAGE [+ DIR/test/IMAGE] unlabelled (labels -1, no classes)
+
+Images of any size, mode and format PIL reads are made [S, S, 3] uint8 RGB at read time
+(RESIZE_POLICY, fit_square): decoded once and cached as .npz, so the per-step augmentation
+works on small fixed-size arrays.
 """
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
 import hashlib
@@ -20,45 +32,90 @@ from typing import Iterator
 import numpy as np
 from absl import logging
 from etils import epath
-from PIL import Image
+from PIL import Image, ImageOps
 
 from rwl_jax import paths
 from rwl_jax.errors import ConfigError, first_line
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+UNLABELLED = -1  # the label of an image without one (as TFDS gives STL-10's unlabelled split)
+# How an image of another size becomes S x S; part of every decode cache key. The shorter side is
+# scaled to S with PIL's bicubic filter (antialiased when shrinking: its support widens with the
+# scale), then the centre S x S is kept: no distortion of the aspect ratio, and the centre is where
+# photographs put their subject (torchvision's Resize(S) + CenterCrop(S)). JPEGs are first decoded
+# at the largest DCT reduction (1/2, 1/4, 1/8) that keeps both sides >= S (PIL's draft), which
+# makes big photographs several times faster to read; EXIF orientation is applied.
+RESIZE_POLICY = "shorter-side-bicubic-centre-crop-draft-exif-v1"
+# Modes whose values span 16 bits (PNG/TIFF 16-bit grayscale): scaled to 8 bits, not clipped.
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
 @dataclasses.dataclass(frozen=True)
 class ArraySplit:
-  """Examples of a labelled image dataset (a whole split or one process's range), in memory."""
+  """Examples of an image dataset (a whole split or one process's range), in memory.
+
+  An unlabelled split has no class names and every label UNLABELLED (-1); a TFDS split may mix
+  both (STL-10's 'train+unlabelled').
+  """
 
   images: np.ndarray  # [N, H, W, 3] uint8
-  labels: np.ndarray  # [N] int32
+  labels: np.ndarray  # [N] int32, UNLABELLED where there is none
   class_names: tuple[str, ...]
 
   def __len__(self) -> int:
     return len(self.labels)
 
+  @property
+  def labelled(self) -> bool:
+    """Whether the split has classes (some of its examples may still be UNLABELLED)."""
+    return bool(self.class_names)
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderListing:
+  """The images of one split folder, sorted (by class, then name); class_names () = unlabelled."""
+
+  folder: epath.Path
+  class_names: tuple[str, ...]
+  files: tuple[epath.Path, ...]
+  labels: np.ndarray  # [N] int32
+
+  @property
+  def labelled(self) -> bool:
+    return bool(self.class_names)
+
+  def subset(self, keep: np.ndarray) -> "FolderListing":
+    """The listing's images at the sorted positions `keep`."""
+    keep = np.sort(keep)
+    return FolderListing(self.folder, self.class_names, tuple(self.files[i] for i in keep),
+                         self.labels[keep])
+
 
 class ImageFolderSource:
-  """image_dir/split/CLASS/*.{png,jpg} in a fixed shuffled order; class index = sorted folder names.
+  """The images of a split folder in a fixed shuffled order; class index = sorted folder names.
 
-  Listing is cheap and decoding is not, so `read(start, end)` decodes only that range of the
-  source order (one process's shards). Decoded ranges are cached as .npz files keyed by their
-  files' names, sizes and times, so a second run starts in a second instead of re-decoding.
+  `ImageFolderSource(image_dir, split)` lists image_dir/split (CLASS folders, or images directly
+  in it for an unlabelled split); `listing=` takes a FolderListing already made (a held-out part
+  of a split). Listing is cheap and decoding is not, so `read(start, end)` decodes only that range
+  of the source order (one process's shards). Decoded ranges are cached as .npz files keyed by
+  their files' names, sizes and times, the image size and RESIZE_POLICY, so a second run starts
+  in a second instead of re-decoding.
   """
 
   def __init__(self, image_dir: str, split: str, *, image_size: int, cache_dir: str = "",
-               max_examples: int = 0, num_threads: int = 8):
+               max_examples: int = 0, num_threads: int = 8,
+               listing: FolderListing | None = None):
     self.root = paths.as_path(image_dir, "data.image_dir")  # local or a URL (gs://...)
     self.split, self.image_size, self.cache_dir = split, image_size, cache_dir
-    self.class_names, files, labels = _list_image_folder(self.root, split)
+    if listing is None:
+      listing = list_split_folder(_split_dir(self.root, split))
+    self.folder, self.class_names = listing.folder, listing.class_names
     # A fixed shuffle (not the training seed): every prefix and every shard mixes all classes,
     # as TFDS's shuffled record order does.
-    source_order = np.random.default_rng(0).permutation(len(files))
-    self.files = [files[i] for i in source_order]
-    self.labels = labels[source_order]
-    self.num_examples = _prefix(len(files), max_examples)
+    source_order = np.random.default_rng(0).permutation(len(listing.files))
+    self.files = [listing.files[i] for i in source_order]
+    self.labels = listing.labels[source_order]
+    self.num_examples = _prefix(len(self.files), max_examples)
     self.num_threads = num_threads
 
   def read(self, start: int = 0, end: int | None = None) -> ArraySplit:
@@ -70,13 +127,26 @@ class ImageFolderSource:
       if cached is not None:
         return ArraySplit(*cached, self.class_names)
     with concurrent.futures.ThreadPoolExecutor(self.num_threads) as pool:
-      images = np.stack(list(pool.map(lambda p: _decode(p, self.image_size), files)))
+      decoded = list(pool.map(lambda p: _decode_or_problem(p, self.image_size), files))
+    where = f"{self.folder} ({self.split!r} split)"
+    problems = [(path, problem) for path, (_, _, problem) in zip(files, decoded) if problem]
+    if problems:
+      # Not skipped: every process has already cut the split into shards by its listing, so
+      # an image dropped here would shift every later one on this process only.
+      (path, problem), others = problems[0], [p.name for p, _ in problems[1:]]
+      more = (f" and {len(others)} more of its {len(files)} images ({', '.join(others[:3])}"
+              f"{', ...' if len(others) > 3 else ''})" if others else "")
+      raise ConfigError(f"{where}: cannot decode image {path.name} ({problem}){more}; delete or "
+                        "move them and run again")
+    _report_conversions(where, [seen for _, seen, _ in decoded], self.image_size)
+    images = np.stack([image for image, _, _ in decoded])
     try:
       cache.parent.mkdir(parents=True, exist_ok=True)
       partial = cache.parent / f"{cache.name}.{os.getpid()}.tmp.npz"
       with partial.open("wb") as f:
         np.savez(f, images=images, labels=labels)
-      partial.rename(cache)  # Atomic locally: a concurrent or killed writer never leaves half a cache.
+      # Atomic locally: a concurrent or killed writer never leaves half a cache.
+      partial.rename(cache)
     except OSError:
       pass  # A read-only cache location only costs the next run a re-decode.
     return ArraySplit(images, labels, self.class_names)
@@ -112,19 +182,36 @@ class TfdsSource:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
     start, end = _check_range(start, end, self.num_examples)
+    where = f"TFDS dataset {self.name!r} split {self.split}[{start}:{end}]"
+    size = self.image_size
     try:
-      dataset = self.builder.as_dataset(split=f"{self.split}[{start}:{end}]", batch_size=-1,
-                                        as_supervised=True, shuffle_files=False)
-      images, labels = tfds.as_numpy(dataset)
+      split = _split_range(self.builder.info.splits, self.split, start, end)
+      if tuple(self.builder.info.features["image"].shape) == (size, size, 3):
+        dataset = self.builder.as_dataset(split=split, batch_size=-1, as_supervised=True,
+                                          shuffle_files=False)
+        images, labels = tfds.as_numpy(dataset)
+      else:
+        # Other or varying sizes (imagenette's full-size photos), or grayscale: one image at a
+        # time, never batch_size=-1, which would pad every image to the largest one.
+        dataset = self.builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
+        fitted, labels, seen = [], [], []
+        for image, label in tfds.as_numpy(dataset):
+          picture = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+          seen.append((picture.mode, picture.size))
+          fitted.append(np.asarray(fit_square(picture.convert("RGB"), size), np.uint8))
+          labels.append(label)
+        _report_conversions(where, seen, size)
+        images = np.stack(fitted)
+    except ConfigError:
+      raise
     except Exception as error:
-      raise ConfigError(f"could not read TFDS dataset {self.name!r} split "
-                        f"{self.split}[{start}:{end}] ({first_line(error)})") from error
-    _check_image_shape(images.shape[1:], self.image_size, f"TFDS dataset {self.name!r}")
+      raise ConfigError(f"could not read {where} ({first_line(error)})") from error
+    _check_image_shape(images.shape[1:], size, f"TFDS dataset {self.name!r}")
     return ArraySplit(np.asarray(images, np.uint8), np.asarray(labels, np.int32), self.class_names)
 
 
 def open_split(data_config, split: str, max_examples: int = 0) -> ImageFolderSource | TfdsSource:
-  """The split named `split` of the dataset data_config describes (image_dir, else TFDS).
+  """The split named `split` of the dataset data_config describes (image_dir/split, else TFDS).
 
   max_examples > 0 keeps only that prefix of the source order (0 = everything).
   """
@@ -138,6 +225,226 @@ def open_split(data_config, split: str, max_examples: int = 0) -> ImageFolderSou
 def load_split(data_config, split: str, max_examples: int = 0) -> ArraySplit:
   """A whole split (or its prefix of max_examples) in memory."""
   return open_split(data_config, split, max_examples).read()
+
+
+Source = ImageFolderSource | TfdsSource
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSources:
+  """What a run reads: the training split; the split whose features train the kNN bank and the
+  linear probe (`bank`, None = the training split itself) and the one they are scored on
+  (`test`). test is None when evaluation is off, and evaluation_off says why."""
+
+  train: Source
+  bank: Source | None
+  test: Source | None
+  evaluation_off: str = ""
+
+
+def open_dataset(data_config) -> DatasetSources:
+  """The sources of a run's data section, its layout resolved (nothing decoded yet).
+
+  Training: data.image_dir (any layout of the module docstring), else TFDS data.train_split.
+  Evaluation, labelled images only: data.eval_image_dir if given (its train split for the bank,
+  its test split or a held-out part for the accuracy); else the training data's own eval_split
+  (or, for an image folder without one, a held-out part of train), with the bank from
+  data.eval_train_split ("" = the training split). Unlabelled images with no eval_image_dir:
+  evaluation off.
+  """
+  data = data_config
+  if not 0.0 <= data.holdout_fraction < 1.0:
+    raise ConfigError(f"data.holdout_fraction must be in [0, 1), got {data.holdout_fraction!r}")
+  kwargs = dict(image_size=data.image_size, cache_dir=data.cache_dir)
+  bank_split = data.eval_train_split or data.train_split
+  bank = test = None
+  off = ""
+  if data.image_dir:
+    # With an eval_image_dir, the training folder keeps every image (nothing held out).
+    train, test, off = _folder_sources(data, data.image_dir, "data.image_dir",
+                                       evaluate=not data.eval_image_dir)
+    bank = (ImageFolderSource(data.image_dir, bank_split, max_examples=data.max_train_examples,
+                              **kwargs) if bank_split != data.train_split else None)
+  else:
+    tfds_kwargs = dict(data_dir=data.tfds_data_dir, image_size=data.image_size)
+    train = TfdsSource(data.tfds_name, data.train_split, max_examples=data.max_train_examples,
+                       **tfds_kwargs)
+    if not data.eval_image_dir:
+      test = TfdsSource(data.tfds_name, data.eval_split, max_examples=data.max_eval_examples,
+                        **tfds_kwargs)
+      bank = (TfdsSource(data.tfds_name, bank_split, max_examples=data.max_train_examples,
+                         **tfds_kwargs) if bank_split != data.train_split else None)
+  if data.eval_image_dir:
+    bank, test, off = _folder_sources(data, data.eval_image_dir, "data.eval_image_dir")
+    if not bank.class_names:
+      raise ConfigError(f"data.eval_image_dir {data.eval_image_dir!r} has no class folders: "
+                        "evaluation needs labelled images (DIR/train/CLASS/IMAGE)")
+  elif test is not None and not (bank or train).class_names:
+    test, off = None, (f"the images in data.image_dir {data.image_dir!r} have no labels (no "
+                       "class folders) and no data.eval_image_dir is given")
+  if test is not None and test.class_names != (bank or train).class_names:
+    raise ConfigError(f"the evaluation's {(bank or train).split!r} and {test.split!r} splits "
+                      f"have different classes: {(bank or train).class_names} vs "
+                      f"{test.class_names}")
+  return DatasetSources(train=train, bank=bank, test=test, evaluation_off=off)
+
+
+def _folder_sources(data, image_dir: str, what: str, evaluate: bool = True
+                    ) -> tuple[ImageFolderSource, ImageFolderSource | None, str]:
+  """(train, test or None, why there is no test) of an image folder in any supported layout;
+  evaluate=False: no test split (none read, nothing held out)."""
+  root = paths.as_path(image_dir, what)
+  train_listing, test_listing = folder_layout(root, data.train_split, data.eval_split, what)
+  test_split, off = data.eval_split, ""
+  if not evaluate:
+    test_listing = None
+  elif test_listing is None and train_listing.labelled:
+    keep, held = hold_out(train_listing.labels, data.holdout_fraction, data.holdout_seed)
+    if len(held):
+      logging.info("%s has no %r folder: %d of its %d %r images (%g of each class, seed %d) "
+                   "are held out as the evaluation split", os.fspath(root), data.eval_split,
+                   len(held), len(train_listing.files), data.train_split, data.holdout_fraction,
+                   data.holdout_seed)
+      test_listing = train_listing.subset(held)
+      train_listing = train_listing.subset(keep)
+      test_split = f"{data.train_split}-holdout"
+    else:
+      off = (f"{what} {image_dir!r} has no {data.eval_split!r} folder and holds out nothing "
+             f"(data.holdout_fraction={data.holdout_fraction:g})")
+  elif test_listing is None:
+    off = (f"the images in {what} {image_dir!r} have no labels (no class folders) and no "
+           "data.eval_image_dir is given")
+  kwargs = dict(image_size=data.image_size, cache_dir=data.cache_dir)
+  train = ImageFolderSource(image_dir, data.train_split, listing=train_listing,
+                            max_examples=data.max_train_examples, **kwargs)
+  test = (ImageFolderSource(image_dir, test_split, listing=test_listing,
+                            max_examples=data.max_eval_examples, **kwargs)
+          if test_listing is not None else None)
+  return train, test, off
+
+
+def folder_layout(root: epath.Path, train_split: str, eval_split: str,
+                  what: str = "data.image_dir") -> tuple[FolderListing, FolderListing | None]:
+  """(train listing, test listing or None) of root: root/train_split[/CLASS]/IMAGE with an
+  optional root/eval_split alike, or images directly in root (unlabelled, no test)."""
+  if not root.is_dir():
+    raise ConfigError(f"{what} {os.fspath(root)!r} does not exist or is not a directory")
+  if (root / train_split).is_dir():
+    test_dir = root / eval_split
+    return (list_split_folder(root / train_split),
+            list_split_folder(test_dir) if test_dir.is_dir() else None)
+  try:
+    listing = list_split_folder(root)
+  except ConfigError:
+    listing = None
+  if listing is None or listing.labelled:
+    folders = sorted(p.name for p in root.iterdir() if not p.name.startswith(".") and p.is_dir())
+    has = f" (it has folders {', '.join(folders[:3])})" if folders else ""
+    raise ConfigError(f"{what} {os.fspath(root)!r} has no {train_split!r} folder and no images "
+                      f"({', '.join(IMAGE_SUFFIXES)}) directly in it{has}; lay it out "
+                      f"{root}/{train_split}/CLASS/IMAGE (labelled), {root}/{train_split}/IMAGE "
+                      f"or {root}/IMAGE (unlabelled)")
+  return listing, None
+
+
+def _is_image(path: epath.Path) -> bool:
+  return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def _visible(folder: epath.Path) -> list[epath.Path]:
+  """A folder's entries but hidden ones (.DS_Store, ._IMG.jpg, .ipynb_checkpoints)."""
+  return [entry for entry in folder.iterdir() if not entry.name.startswith(".")]
+
+
+def list_split_folder(folder: epath.Path) -> FolderListing:
+  """The images of one split folder: directly in it (unlabelled), or in its CLASS folders.
+
+  One level only: images in folders below a class folder (or in any folder beside images) are
+  not searched; they and non-image files are skipped and counted in one warning. Images both
+  directly in the folder and in class folders is an error, as is a folder without images.
+  """
+  entries = _visible(folder)
+  loose = sorted((e for e in entries if _is_image(e)), key=lambda e: e.name)
+  # By name alone: asking each of 50,000 objects whether it is a file costs a request on a bucket.
+  others = [e for e in entries if not _is_image(e)]
+  subfolders = sorted((e for e in others if e.is_dir()), key=lambda e: e.name)
+  skipped = sorted(e.name for e in others if e not in subfolders)
+  inside, skipped_inside = {}, []
+  for sub in subfolders:
+    sub_entries = _visible(sub)
+    inside[sub.name] = sorted((e for e in sub_entries if _is_image(e)), key=lambda e: e.name)
+    skipped_inside.extend(f"{sub.name}/{e.name}" + ("/" if e.is_dir() else "")
+                          for e in sub_entries if not _is_image(e))
+  classes = [name for name, found in inside.items() if found]
+  if loose and classes:
+    raise ConfigError(
+        f"{folder} mixes two layouts: {len(loose)} images directly in it (e.g. {loose[0].name}) "
+        f"and {len(classes)} folders of images ({', '.join(classes[:3])}); put every image in a "
+        "class folder (labelled) or every image directly in it (unlabelled)")
+  if loose or not subfolders:
+    skipped += [f"{name}/" for name in inside]  # nested folders are not searched
+    if not loose:
+      raise ConfigError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder} (expected "
+                        f"{folder}/CLASS/IMAGE or {folder}/IMAGE)")
+    class_names, files = (), loose
+    labels = np.full(len(loose), UNLABELLED, np.int32)
+  else:
+    for name, found in inside.items():
+      if not found:
+        nested = sorted(e for e in skipped_inside if e.startswith(f"{name}/"))
+        it_has = (f" (it has {', '.join(e[len(name) + 1:] for e in nested[:3])}: images must "
+                  "sit directly in it)") if nested else ""
+        raise ConfigError(f"class folder {folder / name} has no images "
+                          f"({', '.join(IMAGE_SUFFIXES)}){it_has}")
+    skipped += skipped_inside
+    class_names = tuple(inside)
+    files = [path for name in class_names for path in inside[name]]
+    labels = np.repeat(np.arange(len(class_names), dtype=np.int32),
+                       [len(inside[name]) for name in class_names])
+  if skipped:
+    logging.warning("%s: skipped %d entries that are not images (%s) or are nested folders, "
+                    "e.g. %s", folder, len(skipped), ", ".join(IMAGE_SUFFIXES),
+                    ", ".join(sorted(skipped)[:3]))
+  return FolderListing(folder, class_names, tuple(files), labels)
+
+
+def hold_out(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """(kept, held-out) positions: round(fraction * n) of each class's n images, at least 1 and at
+  most n - 1 (a class of one image keeps it), drawn with the given seed; sorted."""
+  rng = np.random.default_rng(seed)
+  held = []
+  for label in np.unique(labels):
+    members = np.flatnonzero(labels == label)
+    count = min(len(members) - 1, max(1, int(fraction * len(members) + 0.5))) if fraction else 0
+    held.extend(rng.choice(members, count, replace=False).tolist())
+  held = np.sort(np.asarray(held, np.int64))
+  return np.setdiff1d(np.arange(len(labels)), held), held
+
+
+def _split_dir(root: epath.Path, split: str) -> epath.Path:
+  if not root.is_dir():
+    raise ConfigError(f"data.image_dir {os.fspath(root)!r} does not exist or is not a directory")
+  if not (root / split).is_dir():
+    raise ConfigError(f"data.image_dir {os.fspath(root)!r} has no {split!r} folder "
+                      f"(expected {root}/{split}/CLASS/IMAGE or {root}/{split}/IMAGE)")
+  return root / split
+
+
+def _split_range(split_infos, split: str, start: int, end: int) -> str:
+  """The TFDS split string of positions [start, end) of `split`, which may join splits with '+'
+  ('train+unlabelled'[5000:5100] -> 'unlabelled[0:100]'): a slice of a joined split would
+  otherwise apply to its last part only."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  parts, offset = [], 0
+  for part in tfds.core.ReadInstruction.from_spec(split).to_absolute(split_infos):
+    first = part.from_ or 0
+    last = split_infos[part.splitname].num_examples if part.to is None else part.to
+    low, high = max(start - offset, 0), min(end - offset, last - first)
+    if low < high:
+      parts.append(f"{part.splitname}[{first + low}:{first + high}]")
+    offset += last - first
+  return "+".join(parts)
 
 
 def _prefix(total: int, max_examples: int) -> int:
@@ -218,42 +525,6 @@ def _check_image_shape(shape: tuple[int, ...], image_size: int, where: str) -> N
                       f"({image_size}, {image_size}, 3) (data.image_size={image_size})")
 
 
-def _list_image_folder(root: epath.Path, split: str) -> tuple[tuple[str, ...], list[epath.Path], np.ndarray]:
-  if not root.is_dir():
-    raise ConfigError(f"data.image_dir {os.fspath(root)!r} does not exist or is not a directory")
-  split_dir = root / split
-  if not split_dir.is_dir():
-    raise ConfigError(f"data.image_dir {os.fspath(root)!r} has no {split!r} folder "
-                      f"(expected {root}/{split}/CLASS/*.png)")
-  entries = list(split_dir.iterdir())
-  class_names = tuple(sorted(entry.name for entry in entries if entry.is_dir()))
-  loose = sorted(entry.name for entry in entries if entry.name not in class_names)
-  if loose:
-    logging.warning("%s: skipped %d files beside the class folders, e.g. %s", split_dir,
-                    len(loose), ", ".join(loose[:3]))
-  files, labels = [], []
-  for label, class_name in enumerate(class_names):
-    # By name alone: asking each of 50,000 objects whether it is a file costs a request on a bucket.
-    entries = list((split_dir / class_name).iterdir())
-    found = sorted(p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES)
-    skipped = sorted(p.name + ("/" if p.is_dir() else "") for p in entries
-                     if p.suffix.lower() not in IMAGE_SUFFIXES)
-    if not found:
-      nested = f" (it has {', '.join(skipped[:3])}: images must sit directly in it)" if skipped else ""
-      raise ConfigError(f"class folder {split_dir / class_name} has no images "
-                        f"({', '.join(IMAGE_SUFFIXES)}){nested}")
-    if skipped:
-      logging.warning("%s: skipped %d entries that are not images (%s), e.g. %s",
-                      split_dir / class_name, len(skipped), ", ".join(IMAGE_SUFFIXES),
-                      ", ".join(skipped[:3]))
-    files.extend(found)
-    labels.extend([label] * len(found))
-  if not files:
-    raise ConfigError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {split_dir}/CLASS/ "
-                      "(data.image_dir must be laid out PATH/SPLIT/CLASS/IMAGE)")
-  return class_names, files, np.asarray(labels, np.int32)
-
-
 def _read_cache(cache: epath.Path, count: int,
                 image_size: int) -> tuple[np.ndarray, np.ndarray] | None:
   """(images, labels) from a decode cache, or None when it is damaged (cut short, overwritten,
@@ -277,16 +548,56 @@ def _read_cache(cache: epath.Path, count: int,
     return None
 
 
-def _decode(path: epath.Path, image_size: int) -> np.ndarray:
+def fit_square(image: Image.Image, size: int) -> Image.Image:
+  """RESIZE_POLICY: the centre square of the image, scaled to size x size (bicubic); an image
+  whose shorter side is already `size` is only cropped, one of that size returned as it is."""
+  width, height = image.size
+  side = min(width, height)
+  left, top = (width - side) // 2, (height - side) // 2
+  box = (left, top, left + side, top + side)
+  if side == size:
+    return image if (width, height) == (size, size) else image.crop(box)
+  return image.resize((size, size), Image.Resampling.BICUBIC, box=box)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+  """8-bit RGB of any PIL mode: 16-bit values scaled (not clipped) to 8 bits, a palette with a
+  transparent colour through RGBA (as PIL advises), alpha dropped, CMYK and the rest by PIL."""
+  if image.mode == "RGB":
+    return image
+  if image.mode in _SIXTEEN_BIT_MODES or image.mode == "F":
+    values = np.asarray(image, np.float64)
+    values = values / 257.0 if image.mode in _SIXTEEN_BIT_MODES else values
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8)).convert("RGB")
+  if image.mode == "P" and "transparency" in image.info:
+    image = image.convert("RGBA")
+  return image.convert("RGB")
+
+
+def _decode_or_problem(path: epath.Path, image_size: int):
+  """(uint8 [S, S, 3], (original mode, original size), "") or (None, None, what went wrong)."""
   try:
     with path.open("rb") as f, Image.open(f) as image:
-      array = np.asarray(image.convert("RGB"), dtype=np.uint8)
-  except (OSError, ValueError) as error:
-    raise ConfigError(f"cannot decode image {path}: {error}") from error
-  if array.shape != (image_size, image_size, 3):
-    raise ConfigError(f"image {path} is {array.shape[1]}x{array.shape[0]}, expected "
-                      f"{image_size}x{image_size} (data.image_size={image_size})")
-  return array
+      seen = (image.mode, image.size)
+      image.draft(None, (image_size, image_size))  # JPEG only: decode at a reduced scale
+      picture = to_rgb(ImageOps.exif_transpose(image))
+      return np.asarray(fit_square(picture, image_size), np.uint8), seen, ""
+  except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
+    return None, None, first_line(error)
+
+
+def _report_conversions(where: str, seen: list[tuple[str, tuple[int, int]]],
+                        image_size: int) -> None:
+  """One warning per split read for the images that were not RGB, one line for the resized."""
+  converted = collections.Counter(mode for mode, _ in seen if mode != "RGB")
+  if converted:
+    logging.warning("%s: converted %d of %d images to RGB (%s)", where, sum(converted.values()),
+                    len(seen), ", ".join(f"{n} {mode}" for mode, n in sorted(converted.items())))
+  resized = sum(size != (image_size, image_size) for _, size in seen)
+  if resized:
+    logging.info("%s: %d of %d images were not %dx%d: shorter side scaled to %d (bicubic), "
+                 "centre square kept", where, resized, len(seen), image_size, image_size,
+                 image_size)
 
 
 def _cache_path(cache_dir: str, root: epath.Path, split: str, files: list[epath.Path],
@@ -297,7 +608,8 @@ def _cache_path(cache_dir: str, root: epath.Path, split: str, files: list[epath.
   covers the names only: a size and time per object would cost a request each.
   """
   local = paths.url_scheme(root) is None
-  digest = hashlib.sha256(f"{root.resolve() if local else root}|{split}|{image_size}".encode())
+  digest = hashlib.sha256(
+      f"{root.resolve() if local else root}|{split}|{image_size}|{RESIZE_POLICY}".encode())
   for path in files:
     key = os.fspath(path.relative_to(root))
     if local:

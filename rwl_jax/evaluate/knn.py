@@ -1,13 +1,18 @@
-"""Weighted k-nearest-neighbour top-1 on frozen features (Wu et al. 2018, the MoCo CIFAR monitor).
+"""Weighted k-nearest-neighbour accuracy on frozen features (Wu et al. 2018, the MoCo CIFAR
+monitor).
 
 For a test feature q and train features x_j with labels y_j, all L2-normalised:
 
     s_j         = q . x_j                                  (cosine similarity)
-    N_k(q)      = the k train rows with the largest s_j     (k clamped to N_train)
+    N_k(q)      = the k train rows with the largest s_j     (equal s_j: the smaller index first)
     score_c(q)  = sum_{j in N_k(q)} exp(s_j / tau) * [y_j == c]
     prediction  = argmax_c score_c(q)                      (ties -> the smallest class id)
 
-and the result is the fraction of test rows whose prediction equals their label.
+and top-1 is the fraction of test rows whose prediction equals their label; top-5 the fraction
+whose label is among the 5 best-scored classes (online_probe.top_k_correct, the one top-k rule
+of every evaluation). A k larger than the bank is clamped to N_train (every train row votes)
+rather than refused, so one sweep runs on a subset of any size. knn_sweep scores several k
+from one top-max(k) search.
 
 The weights are computed as exp((s_j - s_max) / tau), s_max the row's largest similarity: that
 multiplies every score of the row by the same positive constant, so the argmax is unchanged, but
@@ -17,12 +22,14 @@ it cannot overflow float32 (plain exp(s / tau) does once 1 / tau > ~88, i.e. tau
 from __future__ import annotations
 
 import functools
+from typing import Sequence
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rwl_jax import online_probe
 from rwl_jax.errors import ConfigError
 from rwl_jax.losses import l2_normalize
 
@@ -95,13 +102,15 @@ def check_features_and_labels(caller: str, train_features, train_labels, test_fe
           arrays["test_labels"])
 
 
-@functools.partial(jax.jit, static_argnames=("num_classes", "k", "chunk_size"))
+@functools.partial(jax.jit, static_argnames=("num_classes", "ks", "chunk_size"))
 def _knn_chunks(train_features: jax.Array, train_labels: jax.Array, test_features: jax.Array,
-                test_labels: jax.Array, temperature: jax.Array, *, num_classes: int, k: int,
-                chunk_size: int) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-  """(predictions of the padded test rows, (top-1, top-5 correct real rows)), chunk by chunk.
+                test_labels: jax.Array, temperature: jax.Array, *, num_classes: int,
+                ks: tuple[int, ...], chunk_size: int) -> tuple[jax.Array, jax.Array]:
+  """(predictions [padded test rows, len(ks)], correct [len(ks), 2] (top-1, top-5 real rows)).
 
-  temperature is traced, so sweeping it does not recompile; k and the chunk size fix shapes.
+  One pass for every k: the top-max(ks) neighbours are found once per chunk, and the votes of
+  each k are the first k of them (top_k returns them in decreasing similarity). temperature is
+  traced, so sweeping it does not recompile; ks and the chunk size fix shapes.
   """
   chex.assert_rank([train_features, test_features], 2)
   chex.assert_rank([train_labels, test_labels], 1)
@@ -114,36 +123,46 @@ def _knn_chunks(train_features: jax.Array, train_labels: jax.Array, test_feature
   labels = jnp.pad(test_labels, (0, pad))
   valid = jnp.arange(num_chunks * chunk_size) < num_test
   rows = jnp.arange(chunk_size)[:, None]
+  rank = jnp.arange(max(ks))
 
   def one_chunk(args):
     queries, query_labels, query_valid = args
     # HIGHEST: on GPUs/TPUs the default float32 matmul rounds to tf32/bf16, which reorders
     # near-equal neighbours; the [chunk, N_train] block is the only big temporary.
     similarity = jnp.dot(queries, train.T, precision=jax.lax.Precision.HIGHEST)
-    top_similarity, top_index = jax.lax.top_k(similarity, k)
+    # Equal similarities: top_k keeps the smaller train index first.
+    top_similarity, top_index = jax.lax.top_k(similarity, max(ks))
     weights = jnp.exp((top_similarity - top_similarity[:, :1]) / temperature)
-    # Scatter-add the votes: O(chunk * C) memory, not O(chunk * k * C) for one-hot votes.
-    scores = jnp.zeros((chunk_size, num_classes), jnp.float32)
-    scores = scores.at[rows, train_labels[top_index]].add(weights)
-    predictions = jnp.argmax(scores, axis=-1).astype(jnp.int32)
-    correct = jnp.sum((predictions == query_labels) & query_valid)
-    # Top-5 (top-C with fewer classes): the label among the best-scored classes. top_k breaks
-    # ties toward the smaller class id, as argmax does, so top-1 is its first column.
-    _, best = jax.lax.top_k(scores, min(5, num_classes))
-    correct_top5 = jnp.sum(jnp.any(best == query_labels[:, None], axis=-1) & query_valid)
-    return predictions, (correct, correct_top5)
+    neighbour_labels = train_labels[top_index]
+    predictions, correct = [], []
+    for k in ks:
+      # Scatter-add the votes: O(chunk * C) memory, not O(chunk * k * C) for one-hot votes.
+      scores = jnp.zeros((chunk_size, num_classes), jnp.float32)
+      scores = scores.at[rows, neighbour_labels].add(jnp.where(rank < k, weights, 0.0))
+      predictions.append(jnp.argmax(scores, axis=-1).astype(jnp.int32))
+      # Top-5 (top-C with fewer classes); top_k breaks ties toward the smaller class id, as
+      # argmax does, so its top-1 is the prediction.
+      correct.append(jnp.stack(online_probe.top_k_correct(scores, query_labels, k=5,
+                                                          mask=query_valid)))
+    return jnp.stack(predictions, axis=1), jnp.stack(correct)
 
   # lax.map runs the chunks one after another, so peak memory stays O(chunk_size * N_train).
-  predictions, (correct, correct_top5) = jax.lax.map(
+  predictions, correct = jax.lax.map(
       one_chunk, (test.reshape(num_chunks, chunk_size, -1),
                   labels.reshape(num_chunks, chunk_size), valid.reshape(num_chunks, chunk_size)))
-  return predictions.reshape(-1), (jnp.sum(correct), jnp.sum(correct_top5))
+  return predictions.reshape(-1, len(ks)), jnp.sum(correct, axis=0)
 
 
-def _run(caller, train_features, train_labels, test_features, test_labels, num_classes, k,
-         temperature, chunk_size):
+def _check_k(caller: str, k) -> None:
   if not is_int(k) or k < 1:
     raise ConfigError(f"{caller}: k must be an int >= 1, got {k!r}")
+
+
+def _run(caller, train_features, train_labels, test_features, test_labels, num_classes, ks,
+         temperature, chunk_size):
+  """(predictions [N_test, len(ks)], {k: (top-1 correct, top-5 correct)}, N_test)."""
+  for k in ks:
+    _check_k(caller, k)
   if not is_real(temperature) or not temperature > 0:
     raise ConfigError(f"{caller}: temperature must be a number > 0, got {temperature!r}")
   if not is_int(chunk_size) or chunk_size < 1:
@@ -151,12 +170,18 @@ def _run(caller, train_features, train_labels, test_features, test_labels, num_c
   train_x, train_y, test_x, test_y = check_features_and_labels(
       caller, train_features, train_labels, test_features, test_labels, num_classes)
   num_test = test_x.shape[0]
-  predictions, (correct, correct_top5) = _knn_chunks(
+  # k > N_train is clamped to N_train (every train row votes); equal clamped ks run once.
+  clamped = tuple(min(int(k), train_x.shape[0]) for k in ks)
+  distinct = tuple(sorted(set(clamped)))
+  predictions, correct = _knn_chunks(
       train_x, jnp.asarray(train_y), test_x, jnp.asarray(test_y),
-      jnp.float32(temperature), num_classes=num_classes, k=min(k, train_x.shape[0]),
+      jnp.float32(temperature), num_classes=num_classes, ks=distinct,
       # Never pad a small test set up to a large chunk.
       chunk_size=min(chunk_size, num_test))
-  return predictions[:num_test], (int(correct), int(correct_top5)), num_test
+  predictions, correct = np.asarray(predictions)[:num_test], np.asarray(correct)
+  column = {k: distinct.index(c) for k, c in zip(ks, clamped)}
+  return (predictions[:, [column[k] for k in ks]],
+          {k: (int(correct[column[k], 0]), int(correct[column[k], 1])) for k in ks}, num_test)
 
 
 def knn_predict(train_features, train_labels, test_features, *, num_classes: int, k: int = 200,
@@ -180,8 +205,8 @@ def knn_predict(train_features, train_labels, test_features, *, num_classes: int
   """
   dummy_labels = np.zeros(np.shape(test_features)[:1], np.int32)
   predictions, _, _ = _run("knn_predict", train_features, train_labels, test_features,
-                           dummy_labels, num_classes, k, temperature, chunk_size)
-  return np.asarray(predictions)
+                           dummy_labels, num_classes, (k,), temperature, chunk_size)
+  return predictions[:, 0]
 
 
 def knn_top1(train_features, train_labels, test_features, test_labels, *, num_classes: int,
@@ -209,9 +234,10 @@ def knn_top1(train_features, train_labels, test_features, test_labels, *, num_cl
   Raises:
     ValueError (ConfigError) with a one-line message on invalid input.
   """
-  _, (correct, _), num_test = _run("knn_top1", train_features, train_labels, test_features,
-                                   test_labels, num_classes, k, temperature, chunk_size)
-  return correct / num_test
+  _check_k("knn_top1", k)
+  _, correct, num_test = _run("knn_top1", train_features, train_labels, test_features,
+                              test_labels, num_classes, (k,), temperature, chunk_size)
+  return correct[k][0] / num_test
 
 
 def knn_accuracy(train_features, train_labels, test_features, test_labels, *, num_classes: int,
@@ -219,7 +245,36 @@ def knn_accuracy(train_features, train_labels, test_features, test_labels, *, nu
                  chunk_size: int = 1024) -> dict[str, float]:
   """{'top1', 'top5'}: weighted-kNN accuracies (knn_top1's rule; top-5 counts a test row correct
   when its label is among the 5 best-scored classes, all of them when there are fewer)."""
-  _, (correct, correct_top5), num_test = _run(
-      "knn_accuracy", train_features, train_labels, test_features, test_labels, num_classes, k,
-      temperature, chunk_size)
-  return {"top1": correct / num_test, "top5": correct_top5 / num_test}
+  _check_k("knn_accuracy", k)
+  return knn_sweep(train_features, train_labels, test_features, test_labels,
+                   num_classes=num_classes, ks=(k,), temperature=temperature,
+                   chunk_size=chunk_size, caller="knn_accuracy")[k]
+
+
+def knn_sweep(train_features, train_labels, test_features, test_labels, *, num_classes: int,
+              ks: Sequence[int], temperature: float = 0.1, chunk_size: int = 1024,
+              caller: str = "knn_sweep") -> dict[int, dict[str, float]]:
+  """{k: {'top1', 'top5'}} for every k of ks, from ONE pass over the bank.
+
+  Per test row the top-max(ks) neighbours are found once; the votes of each k are then the
+  exp(s_j / tau)-weighted labels of the first k of them (the module docstring's rule for that
+  k), so a sweep costs one similarity matrix and one top_k, not one per k. A k larger than the
+  bank (N_train) is clamped to N_train, as in knn_top1: every train row votes.
+
+  Args:
+    ks: one or more ints >= 1 (duplicates allowed; each appears once in the result).
+    The rest as in knn_top1.
+
+  Returns:
+    {k: {'top1': float, 'top5': float}} in [0, 1], keyed by the ks as given (not clamped).
+
+  Raises:
+    ValueError (ConfigError) with a one-line message on invalid input.
+  """
+  ks = tuple(ks)
+  if not ks:
+    raise ConfigError(f"{caller}: ks must hold at least one k, got ()")
+  _, correct, num_test = _run(caller, train_features, train_labels, test_features, test_labels,
+                              num_classes, ks, temperature, chunk_size)
+  return {k: {"top1": top1 / num_test, "top5": top5 / num_test}
+          for k, (top1, top5) in correct.items()}

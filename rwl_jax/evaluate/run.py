@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from typing import Any
 
 import jax
 import ml_collections
@@ -23,7 +24,8 @@ from rwl_jax.checkpoint import Checkpointer
 from rwl_jax.configs import common
 from rwl_jax.data import inputs
 from rwl_jax.errors import ConfigError
-from rwl_jax.evaluate.evaluators import FeatureExtractor, build_evaluators, run_evaluators
+from rwl_jax.evaluate.evaluators import (DEFAULT_FINETUNE_FRACTIONS, FeatureExtractor,
+                                         build_evaluators, finetune_evaluator, run_evaluators)
 from rwl_jax.step import TrainState
 
 
@@ -42,11 +44,23 @@ class Run:
   def extractor(self) -> FeatureExtractor:
     return FeatureExtractor(self.experiment, self.data)
 
-  def evaluate(self, linear: bool = True) -> dict[str, float]:
-    """kNN (and linear-probe) top-1 and top-5 on the test split, from frozen encoder features."""
-    evaluators = build_evaluators(self.config, num_classes=len(self.data.class_names))
-    if not linear:
-      evaluators = [e for e in evaluators if e.name != "linear"]
+  def evaluate(self, linear: bool = True, finetune: bool = False) -> dict[str, float]:
+    """kNN (and linear-probe) top-1 and top-5 on the test split, from frozen encoder features;
+    with finetune, also fine-tuning on the run's eval.finetune_fractions of the labels, or 1 %
+    and 10 % (DEFAULT_FINETUNE_FRACTIONS) when it has none. Without it nothing is fine-tuned."""
+    if not self.data.evaluates:
+      raise ConfigError(f"{self.workdir} has no labelled evaluation data "
+                        f"({self.data.evaluation_off}); evaluate its checkpoint on a labelled "
+                        "folder with --eval_image_dir=PATH (PATH/train/CLASS/IMAGE)")
+    num_classes = len(self.data.class_names)
+    frozen = self.config.copy_and_resolve_references()
+    frozen.eval.finetune_fractions = ()  # fine-tuning only when asked for, below
+    evaluators = [e for e in build_evaluators(frozen, num_classes=num_classes)
+                  if linear or e.name != "linear"]
+    if finetune:
+      evaluators.append(finetune_evaluator(
+          self.config, num_classes, self.experiment, self.data,
+          tuple(self.config.eval.finetune_fractions) or DEFAULT_FINETUNE_FRACTIONS))
     return run_evaluators(evaluators, self.extractor, self.state)
 
   def features(self, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
@@ -56,18 +70,30 @@ class Run:
     return self.extractor.split(self.state, split)
 
 
-def load_run(workdir: epath.PathLike, step: int | None = None) -> Run:
-  """Reads workdir/config.json and restores checkpoint `step` (default: the newest readable)."""
+def load_run(workdir: epath.PathLike, step: int | None = None, eval_image_dir: str = "") -> Run:
+  """Reads workdir/config.json and restores checkpoint `step` (default: the newest readable);
+  eval_image_dir, if given, replaces the run's data.eval_image_dir (a labelled folder to
+  evaluate on, e.g. for a run trained on unlabelled images)."""
   workdir = paths.workdir(workdir)
   config_path = workdir / "config.json"
   if not config_path.is_file():
     raise ConfigError(f"{config_path} not found: --workdir must be a directory a training run wrote")
   config = ml_collections.ConfigDict(common.with_defaults(json.loads(config_path.read_text())))
+  if eval_image_dir:
+    config.data.eval_image_dir = eval_image_dir
   data = inputs.load_data(config)
   experiment = experiment_lib.build(
       config, parallel.make_mesh(),
       steps_per_epoch=data.steps_per_epoch(config.global_batch_size),
       num_classes=len(data.class_names))
+  step, state = restore_checkpoint(workdir, config, experiment, step)
+  return Run(workdir, step, config, data, experiment, state)
+
+
+def restore_checkpoint(workdir: epath.Path, config: ml_collections.ConfigDict, experiment,
+                       step: int | None = None) -> tuple[int, Any]:
+  """(step, state) of checkpoint `step` of the run in workdir (default: the newest readable, a
+  damaged one set aside) in the structure of experiment's state."""
   checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
   try:
     if step is None:
@@ -82,7 +108,7 @@ def load_run(workdir: epath.PathLike, step: int | None = None) -> Run:
       state = checkpointer.restore(step, experiment.init_state())
   finally:
     checkpointer.close()
-  return Run(workdir, step, config, data, experiment, state)
+  return step, state
 
 
 def write_results(run: Run, results: dict) -> epath.Path:

@@ -1,4 +1,9 @@
-"""Flax NNX encoders and heads, and the encoder+projector network the SSL methods train."""
+"""Flax NNX encoders and heads, and the encoder+projector network the SSL methods train.
+
+Encoders (model.encoder): the ResNets of models/resnet.py ('resnet10/18/34/50', model.stem
+'cifar' or 'imagenet') and the ViTs of models/vit.py ('vit_tiny/small/base', model.patch_size).
+model.width is the ResNets' base width and the ViTs' head dimension (64 = the published sizes).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,13 @@ from flax import nnx
 
 from rwl_jax.errors import ConfigError
 from rwl_jax.models.heads import MLP
-from rwl_jax.models.resnet import CifarResNet, build_resnet
+from rwl_jax.models import resnet, vit
+from rwl_jax.models.resnet import STEMS, CifarResNet, ResNet, build_resnet
+from rwl_jax.models.vit import VisionTransformer, build_vit
+
+__all__ = ["ENCODERS", "MLP", "STEMS", "CifarResNet", "Network", "ResNet", "VisionTransformer",
+           "build_encoder", "build_network", "build_resnet", "build_vit", "compute_dtype",
+           "is_vit", "validate"]
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -39,15 +50,57 @@ def compute_dtype(name: str) -> Any:
   return _DTYPES[name]
 
 
-def build_network(model_config, *, seed: int, predictor: bool = False) -> Network:
-  """The network a config describes (model.encoder, width, projector_dims, dtype...).
+ENCODERS = tuple(sorted(resnet.ARCHITECTURES)) + tuple(sorted(vit.ARCHITECTURES))
+
+
+def is_vit(encoder: str) -> bool:
+  return encoder in vit.ARCHITECTURES
+
+
+def validate(model_config, *, image_size: int) -> None:
+  """The model section's values (types are checked against the defaults elsewhere): encoder,
+  width, dtype, and the stem (ResNets) or the patch size dividing image_size (ViTs); one
+  ConfigError line naming the problem."""
+  compute_dtype(model_config.dtype)
+  if model_config.encoder not in ENCODERS:
+    raise ConfigError(f"unknown model.encoder {model_config.encoder!r}; choose one of "
+                      f"{list(ENCODERS)}")
+  if not model_config.width >= 1:
+    raise ConfigError(f"model.width must be >= 1, got {model_config.width}")
+  if model_config.stem not in STEMS:
+    raise ConfigError(f"unknown model.stem {model_config.stem!r}; choose one of {list(STEMS)}")
+  if is_vit(model_config.encoder):
+    patch = model_config.patch_size
+    if not (patch >= 1 and image_size % patch == 0):
+      raise ConfigError(f"data.image_size {image_size} must be a multiple of model.patch_size "
+                        f"{patch} (the ViT cuts the image into whole patches)")
+
+
+def build_encoder(model_config, *, image_size: int, rngs: nnx.Rngs,
+                  depth: int | None = None) -> nnx.Module:
+  """The encoder model_config names: a ResNet (width, stem) or a ViT (width, patch_size; its
+  position embeddings are sized for image_size x image_size images). depth: a ViT's number of
+  blocks when not the architecture's (the tests' one-block ViTs)."""
+  dtype = compute_dtype(model_config.dtype)
+  if is_vit(model_config.encoder):
+    return build_vit(model_config.encoder, width=model_config.width,
+                     patch_size=model_config.patch_size, image_size=image_size, dtype=dtype,
+                     depth=depth, rngs=rngs)
+  return build_resnet(model_config.encoder, width=model_config.width, stem=model_config.stem,
+                      dtype=dtype, rngs=rngs)
+
+
+def build_network(model_config, *, seed: int, predictor: bool = False,
+                  image_size: int = 32) -> Network:
+  """The network a config describes (model.encoder, width, stem or patch_size, projector_dims,
+  dtype...) for image_size x image_size inputs (data.image_size; only ViTs depend on it).
 
   With predictor=True it also has the prediction head MLP(projector_dims[-1], predictor_dims)
   with BatchNorm between its layers, as in BYOL and SimSiam (Linear, BN, ReLU, Linear).
   """
   dtype = compute_dtype(model_config.dtype)
   rngs = nnx.Rngs(seed)
-  encoder = build_resnet(model_config.encoder, width=model_config.width, dtype=dtype, rngs=rngs)
+  encoder = build_encoder(model_config, image_size=image_size, rngs=rngs)
   projector = MLP(encoder.num_features, tuple(model_config.projector_dims),
                   batch_norm=model_config.projector_batch_norm, dtype=dtype, rngs=rngs)
   head = None

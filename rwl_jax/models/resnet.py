@@ -1,10 +1,17 @@
-"""CIFAR ResNets in Flax NNX: 3x3 stride-1 stem, no max-pool (He et al. 2016, CIFAR variant).
+"""ResNets in Flax NNX (He et al. 2016) with the CIFAR or the ImageNet stem.
 
-ResNet-18/34 use basic blocks, ResNet-50 bottlenecks; the output is the globally average-pooled
-feature (512-d for ResNet-18/34, 2048-d for ResNet-50). 3x3 convolutions pad one pixel on every
-side whatever their stride, as PyTorch's Conv2d(k=3, p=1) does, so weights port both ways.
-BatchNorm normalises over every example of the batch it sees; under jit with the batch sharded
-over devices that is the global batch.
+stem "cifar" (the default): conv 3x3 stride 1, BN, ReLU, no max-pool, for 32x32 images.
+stem "imagenet": torchvision's conv 7x7 stride 2 pad 3, BN, ReLU, max-pool 3x3 stride 2 pad 1;
+ResNet-50 with it is the 224-px encoder (23,508,032 parameters, 4.09 GMAC per 224x224 image).
+
+ResNet-18/34 use basic blocks, ResNet-50 bottlenecks with the stride on the 3x3 convolution
+(torchvision's "v1.5"); the output is the globally average-pooled feature (512-d for
+ResNet-18/34, 2048-d for ResNet-50, both times width / 64). Every k x k convolution pads k // 2
+pixels on every side whatever its stride, as PyTorch's Conv2d(k, p=k//2) does, so weights port
+both ways: rwl_jax.export maps stem_conv/stem_bn -> conv1/bn1, the flat list `blocks` ->
+layer{stage+1}.{index} (stage_sizes says where each stage starts) and shortcut.layers.0/1 ->
+downsample.0/1, kernels HWIO -> OIHW. BatchNorm normalises over every example of the batch it
+sees; under jit with the batch sharded over devices that is the global batch.
 """
 
 from __future__ import annotations
@@ -89,12 +96,24 @@ class Bottleneck(nnx.Module):
     return nnx.relu(y + residual)
 
 
-class CifarResNet(nnx.Module):
-  """Stem conv3x3(64) + BN + ReLU, four stages (strides 1, 2, 2, 2), global average pool."""
+STEMS = ("cifar", "imagenet")
+
+
+class ResNet(nnx.Module):
+  """Stem, four stages (strides 1, 2, 2, 2; `width` * 2**stage channels), global average pool.
+
+  Stem "cifar": conv3x3(width) stride 1 + BN + ReLU. Stem "imagenet": conv7x7(width) stride 2
+  pad 3 + BN + ReLU + max-pool 3x3 stride 2 pad 1 (padding with -inf, as PyTorch's MaxPool2d).
+  """
 
   def __init__(self, block: type[nnx.Module], stage_sizes: Sequence[int], *, width: int = 64,
-               dtype: Any = jnp.float32, rngs: nnx.Rngs):
-    self.stem_conv = _conv(3, width, 3, 1, dtype, rngs)
+               stem: str = "cifar", dtype: Any = jnp.float32, rngs: nnx.Rngs):
+    if stem not in STEMS:
+      raise ConfigError(f"unknown model.stem {stem!r}; choose one of {list(STEMS)}")
+    self.stem = stem
+    self.stage_sizes = tuple(stage_sizes)
+    self.stem_conv = _conv(3, width, 3 if stem == "cifar" else 7, 1 if stem == "cifar" else 2,
+                           dtype, rngs)
     self.stem_bn = _batch_norm(width, dtype, rngs)
     blocks = []
     in_features = width
@@ -109,12 +128,17 @@ class CifarResNet(nnx.Module):
 
   def __call__(self, images: jax.Array) -> jax.Array:
     x = nnx.relu(self.stem_bn(self.stem_conv(images)))
+    if self.stem == "imagenet":
+      x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for block in self.blocks:
       x = block(x)
     return jnp.mean(x, axis=(1, 2))
 
 
-_ARCHITECTURES = {
+CifarResNet = ResNet  # its name before the ImageNet stem
+
+
+ARCHITECTURES = {
     # One basic block per stage: the smallest of the family, for tests and smoke runs.
     "resnet10": (BasicBlock, (1, 1, 1, 1)),
     "resnet18": (BasicBlock, (2, 2, 2, 2)),
@@ -123,12 +147,12 @@ _ARCHITECTURES = {
 }
 
 
-def build_resnet(name: str, *, width: int = 64, dtype: Any = jnp.float32,
-                 rngs: nnx.Rngs) -> CifarResNet:
-  """A CIFAR ResNet by name: 'resnet10', 'resnet18', 'resnet34' or 'resnet50'."""
-  if name not in _ARCHITECTURES:
-    raise ConfigError(f"unknown model.encoder {name!r}; choose one of {sorted(_ARCHITECTURES)}")
+def build_resnet(name: str, *, width: int = 64, stem: str = "cifar", dtype: Any = jnp.float32,
+                 rngs: nnx.Rngs) -> ResNet:
+  """A ResNet by name ('resnet10', 'resnet18', 'resnet34' or 'resnet50') and stem."""
+  if name not in ARCHITECTURES:
+    raise ConfigError(f"unknown model.encoder {name!r}; choose one of {sorted(ARCHITECTURES)}")
   if width < 1:
     raise ConfigError(f"model.width must be >= 1, got {width}")
-  block, stage_sizes = _ARCHITECTURES[name]
-  return CifarResNet(block, stage_sizes, width=width, dtype=dtype, rngs=rngs)
+  block, stage_sizes = ARCHITECTURES[name]
+  return ResNet(block, stage_sizes, width=width, stem=stem, dtype=dtype, rngs=rngs)
