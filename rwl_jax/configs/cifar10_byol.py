@@ -31,12 +31,5 @@ def get_config(arg: str | None = None):
 def solo_learn_asymmetric_views(config) -> None:
   """solo-learn's CIFAR views for BYOL and Barlow Twins (augmentations/asymmetric.yaml): the
   first view never solarised, the second with probability 0.2; neither blurred at 32 px."""
-  config.augment.crop_scale = (0.08, 1.0)
-  config.augment.brightness = 0.4
-  config.augment.contrast = 0.4
-  config.augment.saturation = 0.2
-  config.augment.hue = 0.1
-  config.augment.jitter_prob = 0.8
-  config.augment.grayscale_prob = 0.2
-  config.augment.blur_prob = (0.0, 0.0)
-  config.augment.solarize_prob = (0.0, 0.2)
+  common.solo_learn_views(config, crop_scale=(0.08, 1.0), solarize_prob=(0.0, 0.2))
+

@@ -23,13 +23,6 @@ def get_config(arg: str | None = None):
   config.vicreg.std_coeff = 25.0
   config.vicreg.cov_coeff = 1.0
   common.solo_learn_lars(config, learning_rate=0.3, weight_decay=1e-4)
-  config.augment.crop_scale = (0.2, 1.0)
-  config.augment.brightness = 0.4
-  config.augment.contrast = 0.4
-  config.augment.saturation = 0.2
-  config.augment.hue = 0.1
-  config.augment.jitter_prob = 0.8
-  config.augment.grayscale_prob = 0.2
-  config.augment.blur_prob = (0.0, 0.0)
-  config.augment.solarize_prob = (0.1, 0.1)
+  # solo-learn's vicreg.yaml: both views alike, solarised with probability 0.1.
+  common.solo_learn_views(config, crop_scale=(0.2, 1.0), solarize_prob=(0.1, 0.1))
   return common.variant(config, arg)

@@ -176,6 +176,23 @@ def solo_learn_lars(config: ml_collections.ConfigDict, *, learning_rate: float,
   config.optimizer.warmup_epochs = 10
 
 
+def solo_learn_views(config: ml_collections.ConfigDict, *, crop_scale: tuple[float, float],
+                     solarize_prob: tuple[float, float]) -> None:
+  """solo-learn's CIFAR views (scripts/pretrain/cifar): colour jitter (0.4, 0.4, 0.2, 0.1) with
+  p 0.8, grayscale 0.2, flip 0.5, no blur at 32 px; the crop scale and the per-view solarisation
+  probabilities (first view, second view) are what its recipes differ in."""
+  config.augment.crop_scale = crop_scale
+  config.augment.brightness = 0.4
+  config.augment.contrast = 0.4
+  config.augment.saturation = 0.2
+  config.augment.hue = 0.1
+  config.augment.jitter_prob = 0.8
+  config.augment.grayscale_prob = 0.2
+  config.augment.flip_prob = 0.5
+  config.augment.blur_prob = (0.0, 0.0)
+  config.augment.solarize_prob = solarize_prob
+
+
 def with_defaults(saved: dict) -> dict:
   """A config written earlier (config.json, as a dict) over today's defaults: settings added to
   the library since then take their default values; nested sections merge."""

@@ -21,7 +21,8 @@ batch 256 (a folder needs at least that many images: lower --config.global_batch
 small one), 100 epochs. `:smoke` is the minutes-on-a-CPU variant.
 """
 
-from rwl_jax.configs import common, imagenette_rwl
+from rwl_jax.configs import common
+from rwl_jax.data.recipe import IMAGENET_MEAN, IMAGENET_STD
 
 
 def get_config(arg: str | None = None):
@@ -30,6 +31,6 @@ def get_config(arg: str | None = None):
   config.data.image_size = 96
   config.model.stem = "imagenet"
   config.augment.crop_scale = (0.08, 1.0)
-  config.augment.mean = imagenette_rwl.IMAGENET_MEAN
-  config.augment.std = imagenette_rwl.IMAGENET_STD
+  config.augment.mean = IMAGENET_MEAN
+  config.augment.std = IMAGENET_STD
   return common.variant(config, arg)

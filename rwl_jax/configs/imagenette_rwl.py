@@ -25,9 +25,7 @@ jitter, grayscale; ImageNet mean/std (torchvision's (0.485, 0.456, 0.406), (0.22
 """
 
 from rwl_jax.configs import common
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from rwl_jax.data.recipe import IMAGENET_MEAN, IMAGENET_STD
 
 
 def get_config(arg: str | None = None):
