@@ -18,7 +18,8 @@ Then the bytes XLA moves for the BatchNorm/ReLU/residual work are set against a 
 fused BN(+residual)+ReLU forward and backward must move per layer of a CIFAR ResNet-18 (the model
 is checked against the HLO's forward convolutions; the rules are in `floor_sites`).
 
-  python experiments/performance/byte_accounting.py --hlo=STEP_HLO.txt[.gz] [--trace=T.trace.json.gz]
+  python experiments/performance/byte_accounting.py --hlo=STEP_HLO.txt[.gz]
+      [--trace=T.trace.json.gz]
       [--bandwidth_tbs=4.3] [--top=40] [--json=OUT.json]
 
 Bad input (a missing or unreadable file, no ENTRY computation): one `error: ...` line, status 2.
@@ -36,6 +37,8 @@ import sys
 
 from etils import epath
 
+from rwl_jax.errors import first_line
+
 DTYPE_BYTES = {
     "pred": 1, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1, "f8e4m3": 1, "f8e4m3fnuz": 1,
     "f8e5m2fnuz": 1, "f8e8m0fnu": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4,
@@ -48,8 +51,10 @@ FREE_OPCODES = frozenset({"parameter", "constant", "get-tuple-element", "bitcast
                           "add-dependency"})
 CONTROL_OPCODES = frozenset({"while", "call", "conditional"})
 SLICING_OPCODES = frozenset({"slice", "dynamic-slice", "gather"})
-CONV_KINDS = {"__cudnn$convForward": "conv fprop", "__cudnn$convBiasActivationForward": "conv fprop",
-              "__cudnn$convBackwardInput": "conv dgrad", "__cudnn$convBackwardFilter": "conv wgrad"}
+CONV_KINDS = {"__cudnn$convForward": "conv fprop",
+              "__cudnn$convBiasActivationForward": "conv fprop",
+              "__cudnn$convBackwardInput": "conv dgrad",
+              "__cudnn$convBackwardFilter": "conv wgrad"}
 # Source file of each fused op's innermost stack frame -> the work the op belongs to; the first
 # role in this order that any of its fused ops has wins.
 ROLE_FILES = (
@@ -60,7 +65,8 @@ ROLE_FILES = (
     ("dense/conv weights", ("linear.py",)),
 )
 BN_ROLE = "bn/relu/residual"
-# A CIFAR ResNet-18: a 3x3 stem, then (channels, stride) per basic block.
+# A CIFAR ResNet-18: a 3x3 stride-1 stem to the first block's channels, then (channels, stride)
+# per basic block; a block whose stride or width changes has a 1x1 conv + BN shortcut.
 RESNET18_CIFAR_BLOCKS = ((64, 1), (64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
                          (512, 1))
 SMALL_OP_BYTES = 1 << 20      # below this an op's time is launch latency, not bandwidth
@@ -294,7 +300,8 @@ def _fused(module, computation):
 
 def op_phase(module, instruction):
   """JAX names the ops of a VJP 'transpose(jvp(...))/...' in their metadata."""
-  fused = _fused(module, instruction.attribute("calls") or "") if instruction.opcode == "fusion" else []
+  fused = (_fused(module, instruction.attribute("calls") or "")
+           if instruction.opcode == "fusion" else [])
   names = [i.attribute("op_name") or "" for i in [instruction] + fused]
   return "backward" if any("transpose(" in n for n in names) else "forward"
 
@@ -302,7 +309,8 @@ def op_phase(module, instruction):
 def _producer(name, by_name):
   """The instruction whose result `name` is, looking through get-tuple-element and bitcast."""
   current = by_name.get(name)
-  while current is not None and current.opcode in ("get-tuple-element", "bitcast") and current.operands:
+  while (current is not None and current.opcode in ("get-tuple-element", "bitcast")
+         and current.operands):
     name, current = current.operands[0], by_name.get(current.operands[0])
   return name
 
@@ -412,8 +420,8 @@ def _signature(module, instruction):
     return ("op", instruction.name)
   body = module.computations.get(instruction.attribute("calls") or "", [])
   index = {i.name: n for n, i in enumerate(body)}
-  return tuple((i.opcode, re.sub(r"\{[^}]*\}", "", i.shape), tuple(index.get(o) for o in i.operands),
-                i.number) for i in body)
+  return tuple((i.opcode, re.sub(r"\{[^}]*\}", "", i.shape),
+                tuple(index.get(o) for o in i.operands), i.number) for i in body)
 
 
 def join_trace(module, ops, events, steps=None):
@@ -422,9 +430,10 @@ def join_trace(module, ops, events, steps=None):
   Kernels run in schedule order on one stream, so a cursor walks the schedule: a kernel named
   after an op (args.hlo_op, or its name) goes to the first op at or after the cursor with the
   same kernel (XLA launches one kernel for identical fusions under the first one's name); none
-  left means the next step began (or, inside a while loop, the next trip). A run of unnamed kernels (cuBLAS or memcpy inside a command
-  buffer) between two placed ones goes to the ops scheduled between them that got no kernel:
-  one to one in order if the counts agree, all to the op if there is one.
+  left means the next step began (or, inside a while loop, the next trip). A run of unnamed
+  kernels (cuBLAS, sort or memcpy inside a command buffer) between two placed ones goes to the
+  ops scheduled between them that got no kernel in that step: one to one in order if the
+  counts agree, all to the op if there is one.
   """
   instructions = {i.name: i for i in module.computations[module.entry]}
   for name in module.computations:
@@ -599,9 +608,10 @@ def summarise(ops, bandwidth):
             "by_role": _table(_group(ops, lambda o: o.role), bandwidth),
             "trace_us": sum(o.trace_us or 0.0 for o in ops)}
   convs = collections.Counter(op.output for op in ops if op.kind == "conv fprop")
-  batch = min((d[0] for d in convs if d), default=0)
+  batch = min((d[0] for d in convs if len(d) == 4), default=0)
+  image_size = max((d[1] for d in convs if len(d) == 4), default=0)   # the stem keeps it
   result["forward_convs"] = sum(convs.values())
-  result["model_matches"] = bool(batch) and convs == expected_forward_convs(batch)
+  result["model_matches"] = bool(batch) and convs == expected_forward_convs(batch, image_size)
   copies = [o for o in ops if o.opcode == "copy"]
   by_name = {o.name: o for o in ops}
   result["copies"] = _table(_group(copies, lambda o: by_name[o.source].role
@@ -611,7 +621,7 @@ def summarise(ops, bandwidth):
        and len(shapes_in(o.largest)[0][1]) == 4], lambda o: f"{o.role} ({o.phase})"), bandwidth)
   if not result["model_matches"]:
     return result
-  sites = floor_sites(batch)
+  sites = floor_sites(batch, image_size)
   stage_of = {}
   for site in sites:
     stage_of.setdefault(int(site.activation_bytes // 2), site)
@@ -681,80 +691,103 @@ def _rate(nbytes, us):
   return f"{nbytes / (us * 1e3):,.0f}" if us else "-"
 
 
+def _row(*cells):
+  return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def _ms(us, has_trace):
+  return f"{us / 1e3:.3f}" if has_trace else "-"
+
+
+def _totals_table(title, rows, bandwidth, has_trace):
+  lines = ["", f"### {title}", "",
+           _row("", "ops", "kernels/step", "MB read", "MB written", "ms/step", "GB/s",
+                f"ms at {bandwidth / 1e12:.1f} TB/s", "ops < 1 MiB (ms)"),
+           "|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
+  for name, r in rows.items():
+    lines.append(_row(name, r["ops"], f"{r['kernels']:g}", _mb(r["read"]), _mb(r["written"]),
+                      _ms(r["us"], has_trace), _rate(r["read"] + r["written"], r["us"]),
+                      f"{r['us_at_bandwidth'] / 1e3:.3f}",
+                      f"{r['small_ops']} ({_ms(r['small_us'], has_trace)})"))
+  return lines
+
+
+def _floor_lines(floor, bandwidth, has_trace):
+  tbs = f"{bandwidth / 1e12:.1f} TB/s"
+  lines = ["", f"### BatchNorm/ReLU/residual: floor vs XLA (batch {floor['batch']} views)", "",
+           _row("stage", "phase", "floor MB", "XLA MB", "XLA - floor MB", "XLA ops",
+                "XLA ms/step"),
+           "|---|---|--:|--:|--:|--:|--:|"]
+  for r in floor["stages"]:
+    lines.append(_row(r["stage"], r["phase"], _mb(r["floor"]), _mb(r["xla"]),
+                      _mb(r["xla"] - r["floor"]), r["ops"], _ms(r["xla_us"], has_trace)))
+  measured = f", measured {_ms(floor['xla_measured_us'], True)} ms" if has_trace else ""
+  lines += ["", f"floor {_mb(floor['floor_bytes'])} MB = {floor['floor_us'] / 1e3:.3f} ms at "
+            f"{tbs}; XLA {_mb(floor['xla_bytes'])} MB = "
+            f"{floor['xla_us_at_bandwidth'] / 1e3:.3f} ms at that rate{measured} in "
+            f"{floor['bn_ops']} ops."]
+  if has_trace:
+    gap = floor["xla_measured_us"] - floor["floor_us"]
+    lines.append(
+        f"measured - floor = {gap / 1e3:.3f} ms: excess bytes {_mb(floor['excess_bytes'])} MB "
+        f"({floor['excess_us_at_bandwidth'] / 1e3:.3f} ms), {floor['small_ops']} ops under "
+        f"1 MiB ({floor['small_ops_us'] / 1e3:.3f} ms), large ops below {tbs} "
+        f"({floor['large_ops_below_bandwidth_us'] / 1e3:.3f} ms; they achieve "
+        f"{(floor['large_ops_achieved_bytes_per_s'] or 0) / 1e12:.2f} TB/s).")
+  second = f" in {_ms(floor['second_reductions_us'], True)} ms" if has_trace else ""
+  lines += [
+      f"f32 activation-sized tensors written: {_mb(floor['f32_activation_bytes_written'])} MB. "
+      "Second backward reductions whose only large input is the masked gradient a first one "
+      f"wrote: {len(floor['second_reductions'])}, reading "
+      f"{_mb(floor['second_reductions_bytes'])} MB{second} "
+      f"({', '.join(floor['second_reductions'])}).",
+      "", _row("floor site", "activation MB", "forward x", "backward x", "MB"),
+      "|---|--:|--:|--:|--:|"]
+  for site in floor["sites"]:
+    lines.append(_row(site["name"], _mb(site["activation_bytes"]), site["forward"],
+                      site["backward"], _mb(site["bytes"])))
+  return lines
+
+
 def render(summary, ops, top, steps, unplaced, has_trace):
   """The report as Markdown tables."""
-  lines = []
-  bw = summary["bandwidth_bytes_per_s"]
-
-  def ms(us):
-    return f"{us / 1e3:.3f}" if has_trace else "-"
-
+  bandwidth = summary["bandwidth_bytes_per_s"]
   if has_trace:
-    lines.append(f"{summary['ops']} device ops; trace: {steps} steps, "
-                 f"{summary['trace_us'] / 1e3:.3f} ms of kernel time per step placed, "
-                 f"{sum(unplaced.values()):.1f} us not placed ({', '.join(sorted(unplaced)) or '-'}).")
+    missing = [o.name for o in ops if not o.kernels]
+    lines = [f"{summary['ops']} device ops; trace: {steps} steps, "
+             f"{summary['trace_us'] / 1e3:.3f} ms of kernel time per step placed, "
+             f"{sum(unplaced.values()):.1f} us not placed "
+             f"({', '.join(sorted(unplaced)) or '-'}); ops without a kernel: {len(missing)}"
+             + (f" (is the trace of this HLO's program? {', '.join(missing[:5])}, ...)"
+                if missing else "") + "."]
   else:
-    lines.append(f"{summary['ops']} device ops (no trace: times are '-').")
-  for title, key in (("By kind", "by_kind"), ("By role (source files of the fused ops)", "by_role")):
-    lines += ["", f"### {title}", "",
-              "| | ops | kernels/step | MB read | MB written | ms/step | GB/s | "
-              f"ms at {bw / 1e12:.1f} TB/s | ops < 1 MiB (ms) |",
-              "|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
-    for name, r in summary[key].items():
-      lines.append(f"| {name} | {r['ops']} | {r['kernels']:g} | {_mb(r['read'])} | "
-                   f"{_mb(r['written'])} | {ms(r['us'])} | {_rate(r['read'] + r['written'], r['us'])}"
-                   f" | {r['us_at_bandwidth'] / 1e3:.3f} | {r['small_ops']} ({ms(r['small_us'])}) |")
-  floor = summary.get("floor")
-  if floor:
-    lines += ["", f"### BatchNorm/ReLU/residual: floor vs XLA (batch {floor['batch']} views)", "",
-              "| stage | phase | floor MB | XLA MB | XLA - floor MB | XLA ops | XLA ms/step |",
-              "|---|---|--:|--:|--:|--:|--:|"]
-    for row in floor["stages"]:
-      lines.append(f"| {row['stage']} | {row['phase']} | {_mb(row['floor'])} | {_mb(row['xla'])} | "
-                   f"{_mb(row['xla'] - row['floor'])} | {row['ops']} | {ms(row['xla_us'])} |")
-    lines += [
-        "",
-        f"floor {_mb(floor['floor_bytes'])} MB = {floor['floor_us'] / 1e3:.3f} ms at {bw / 1e12:.1f} TB/s; "
-        f"XLA {_mb(floor['xla_bytes'])} MB = {floor['xla_us_at_bandwidth'] / 1e3:.3f} ms at that rate"
-        + (f", measured {ms(floor['xla_measured_us'])} ms" if has_trace else "")
-        + f" in {floor['bn_ops']} ops.",
-    ]
-    if has_trace:
-      lines += [
-        f"measured - floor = {(floor['xla_measured_us'] - floor['floor_us']) / 1e3:.3f} ms: "
-        f"excess bytes {_mb(floor['excess_bytes'])} MB ({floor['excess_us_at_bandwidth'] / 1e3:.3f} ms), "
-        f"{floor['small_ops']} ops under 1 MiB ({floor['small_ops_us'] / 1e3:.3f} ms), "
-        f"large ops below {bw / 1e12:.1f} TB/s ({floor['large_ops_below_bandwidth_us'] / 1e3:.3f} ms; they achieve "
-        f"{(floor['large_ops_achieved_bytes_per_s'] or 0) / 1e12:.2f} TB/s).",
-      ]
-    lines += [
-        f"f32 activation-sized tensors written: {_mb(floor['f32_activation_bytes_written'])} MB. "
-        f"Second backward reductions whose only large input is the masked gradient a first one wrote: "
-        f"{len(floor['second_reductions'])}, reading {_mb(floor['second_reductions_bytes'])} MB"
-        + (f" in {ms(floor['second_reductions_us'])} ms" if has_trace else "") + f" ({', '.join(floor['second_reductions'])}).",
-    ]
-    lines += ["", "| floor site | activation MB | forward x | backward x | MB |", "|---|--:|--:|--:|--:|"]
-    for site in floor["sites"]:
-      lines.append(f"| {site['name']} | {_mb(site['activation_bytes'])} | {site['forward']} | "
-                   f"{site['backward']} | {_mb(site['bytes'])} |")
+    lines = [f"{summary['ops']} device ops (no trace: times are '-')."]
+  lines += _totals_table("By kind", summary["by_kind"], bandwidth, has_trace)
+  lines += _totals_table("By role (source files of the fused ops)", summary["by_role"],
+                         bandwidth, has_trace)
+  if "floor" in summary:
+    lines += _floor_lines(summary["floor"], bandwidth, has_trace)
   else:
-    lines += ["", f"(no floor: the {summary['forward_convs']} forward convolutions are not a CIFAR "
-              "ResNet-18's)"]
+    lines += ["", f"(no floor: the {summary['forward_convs']} forward convolutions are not a "
+              "CIFAR ResNet-18's)"]
   for title, key in (("Copies (by the role of what they copy)", "copies"),
                      ("Weight layout transposes", "weight_transposes")):
-    lines += ["", f"### {title}", "", "| | ops | MB read | MB written | ms/step |", "|---|--:|--:|--:|--:|"]
+    lines += ["", f"### {title}", "", _row("", "ops", "MB read", "MB written", "ms/step"),
+              "|---|--:|--:|--:|--:|"]
     for name, r in summary[key].items():
-      lines.append(f"| {name} | {r['ops']} | {_mb(r['read'])} | {_mb(r['written'])} | {ms(r['us'])} |")
+      lines.append(_row(name, r["ops"], _mb(r["read"]), _mb(r["written"]),
+                        _ms(r["us"], has_trace)))
   chosen = sorted(ops, key=lambda o: -(o.trace_us or 0.0) if has_trace else -o.bytes_moved)
   chosen = chosen[:top] if top else chosen
-  lines += ["", f"### Ops ({'all' if not top else f'top {len(chosen)}'}, by "
+  lines += ["", f"### Ops ({f'top {len(chosen)}' if top else 'all'}, by "
             f"{'time' if has_trace else 'bytes'})", "",
-            "| op | kind | role | phase | largest array | MB read | MB written | us/step | GB/s |",
+            _row("op", "kind", "role", "phase", "largest array", "MB read", "MB written",
+                 "us/step", "GB/s"),
             "|---|---|---|---|---|--:|--:|--:|--:|"]
   for o in chosen:
-    lines.append(f"| {o.name} | {o.kind} | {o.role} | {o.phase} | {o.largest} | {_mb(o.bytes_read)} | "
-                 f"{_mb(o.bytes_written)} | {f'{o.trace_us:.1f}' if has_trace else '-'} | "
-                 f"{_rate(o.bytes_moved, o.trace_us)} |")
+    lines.append(_row(o.name, o.kind, o.role, o.phase, o.largest, _mb(o.bytes_read),
+                      _mb(o.bytes_written), f"{o.trace_us:.1f}" if has_trace else "-",
+                      _rate(o.bytes_moved, o.trace_us)))
   return "\n".join(lines)
 
 
@@ -777,8 +810,10 @@ class _Parser(argparse.ArgumentParser):
 
 def main(argv=None):
   parser = _Parser(description=__doc__.split("\n")[0])
-  parser.add_argument("--hlo", required=True, help="optimised HLO text of the step (.txt or .txt.gz)")
-  parser.add_argument("--trace", help="jax.profiler *.trace.json.gz of some steps of the same program")
+  parser.add_argument("--hlo", required=True,
+                      help="optimised HLO text of the step (.txt or .txt.gz)")
+  parser.add_argument("--trace",
+                      help="jax.profiler *.trace.json.gz of some steps of the same program")
   parser.add_argument("--steps", type=int, help="steps in the trace (default: counted)")
   parser.add_argument("--bandwidth_tbs", type=float, default=4.3, help="HBM bandwidth, TB/s")
   parser.add_argument("--top", type=int, default=40, help="ops listed (0: all)")
@@ -786,10 +821,12 @@ def main(argv=None):
   args = parser.parse_args(argv)
   if args.bandwidth_tbs <= 0:
     parser.error(f"--bandwidth_tbs must be positive, got {args.bandwidth_tbs}")
+  if args.steps is not None and args.steps < 1:
+    parser.error(f"--steps must be at least 1, got {args.steps}")
   try:
     module = parse_module(_read_text(args.hlo))
   except (OSError, UnicodeDecodeError, ValueError) as error:
-    parser.error(f"--hlo={args.hlo}: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
+    parser.error(f"--hlo={args.hlo}: {first_line(error)}")
   ops = executed_ops(module)
   steps, unplaced = None, {}
   if args.trace:
@@ -797,8 +834,7 @@ def main(argv=None):
       trace = json.loads(_read_text(args.trace))
       events = kernel_events(trace)
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
-      parser.error(f"--trace={args.trace}: not a readable trace ({type(error).__name__}: "
-                   f"{str(error).splitlines()[0] if str(error) else ''})")
+      parser.error(f"--trace={args.trace}: not a readable trace ({first_line(error)})")
     if not events:
       parser.error(f"--trace={args.trace}: no GPU kernel events")
     steps, unplaced = join_trace(module, ops, events, args.steps)
@@ -808,7 +844,10 @@ def main(argv=None):
     summary["steps"] = steps
     summary["unplaced_us"] = unplaced
     summary["op_list"] = [dataclasses.asdict(o) for o in ops]
-    epath.Path(args.json).write_text(json.dumps(summary, indent=1))
+    try:
+      epath.Path(args.json).write_text(json.dumps(summary, indent=1))
+    except OSError as error:
+      parser.error(f"--json={args.json} cannot be written: {first_line(error)}")
   return 0
 
 
