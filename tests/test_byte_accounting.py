@@ -223,6 +223,21 @@ def test_the_floor_counts_each_bn_layer_once_with_its_own_rules():
   assert sum(ba.expected_forward_convs(512).values()) == 20
 
 
+def test_a_model_that_is_no_cifar_resnet18_gets_no_floor_and_the_report_lists_every_op(
+    tmp_path, capsys):
+  ops = ba.executed_ops(ba.parse_module(HLO))
+  summary = ba.summarise(ops, 4.3e12)
+  assert not summary["model_matches"] and "floor" not in summary
+  assert summary["by_kind"]["conv fprop"]["ops"] == 1
+  hlo = tmp_path / "step.txt"
+  hlo.write_text(HLO)
+  assert ba.main([f"--hlo={hlo}", "--top=0", f"--json={tmp_path / 'out.json'}"]) == 0
+  report = capsys.readouterr().out
+  assert all(f"| {op.name} |" in report for op in ops) and "no floor" in report
+  written = json.loads((tmp_path / "out.json").read_text())
+  assert [o["name"] for o in written["op_list"]] == [op.name for op in ops]
+
+
 def test_bad_input_is_one_error_line_and_status_2(tmp_path, capsys):
   not_hlo = tmp_path / "step.txt"
   not_hlo.write_text("this is not HLO\n")
