@@ -379,7 +379,7 @@ def benchmark_pipeline(config, *, steps: int, warmup: int) -> dict[str, Any]:
 
 COLUMNS = ("variant", "mode", "images_per_second", "speedup", "ms_per_step", "compile_seconds",
            "gflop_per_image", "achieved_tflops", "mfu", "peak_memory_gib", "step_memory_gib",
-           "images_per_second_per_core")
+           "images_per_second_per_core", "error")
 
 
 def _check_counts(steps: int, warmup: int, profile_steps: int) -> None:
@@ -390,21 +390,24 @@ def _check_counts(steps: int, warmup: int, profile_steps: int) -> None:
 
 
 def add_speedups(rows: list[dict[str, Any]]) -> None:
-  """Each row's images/s over the first variant's row of the same mode (with two variants or
-  more)."""
+  """Each row's images/s over the first variant's step row (or pipeline row, for a pipeline
+  row), with two variants or more; rows that failed get none."""
   if len({row["variant"] for row in rows}) < 2:
     return
   first = {}
   for row in rows:
-    reference = first.setdefault(row["mode"], row)
-    row["speedup"] = row["images_per_second"] / reference["images_per_second"]
+    if "images_per_second" in row:
+      reference = first.setdefault(row["mode"].split()[0], row)  # 'step (host views)' -> 'step'
+      row["speedup"] = row["images_per_second"] / reference["images_per_second"]
 
 
 def benchmark_variants(variants: Sequence[Variant], *, mode: str, steps: int, warmup: int,
                        peak_tflops: float | None = None,
                        profile_root: epath.Path | None = None,
                        profile_steps: int = 5) -> list[dict[str, Any]]:
-  """One row per variant and mode, in order, each with the variant's name and settings."""
+  """One row per variant and mode, in order, each with the variant's name and settings; a
+  variant whose step XLA cannot compile or run (out of memory, an option only the step's
+  compilation refuses) gets an 'error' in its row instead of figures, and the others still run."""
   rows = []
   for variant in variants:
     settings = {"variant": variant.name, "overrides": variant.overrides,
@@ -419,10 +422,11 @@ def benchmark_variants(variants: Sequence[Variant], *, mode: str, steps: int, wa
         row = benchmark_step(variant.config, steps=steps, warmup=warmup, peak_tflops=peak_tflops,
                              compiler_options=variant.compiler_options or None,
                              profile_dir=profile_dir, profile_steps=profile_steps)
-      except jax.errors.JaxRuntimeError as error:  # out of memory, an option the step rejects
-        done = ", ".join(sorted({r["variant"] for r in rows})) or "none"
-        raise RunError(f"--variant={variant.name} failed: {first_line(error)} (variants timed "
-                       f"before it: {done})") from None
+      except jax.errors.JaxRuntimeError as error:
+        # Out of memory, an option only the step's compilation refuses: the other variants
+        # still run, and main() reports this one after writing their figures.
+        row = {"mode": f"step ({variant.config.data.augment_on} views)",
+               "error": first_line(error)}
       rows.append({**settings, **row})
     if mode in ("pipeline", "both"):
       rows.append({**settings, **benchmark_pipeline(variant.config, steps=steps, warmup=warmup)})
@@ -456,6 +460,11 @@ def main():
         print(f"\nprofile of variant {row['variant']} (trace {row['profile']['trace']}):")
         print(profile_summary.format_summary(row["profile"]))
     output.write_text(json.dumps({**header, "results": rows}, indent=2))
+  failed = [row for row in rows if "error" in row]
+  if failed:
+    others = f"; the other variants' figures are in {os.fspath(output)}" if len(rows) > 1 else ""
+    raise RunError(f"--variant={failed[0]['variant']} failed: {failed[0]['error']}"
+                   f"{f' (and {len(failed) - 1} more)' if len(failed) > 1 else ''}{others}")
 
 
 if __name__ == "__main__":
