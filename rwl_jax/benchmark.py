@@ -8,7 +8,8 @@ peak device memory) and writes the figures as JSON (--output, default benchmark.
 Variants, timed one after another in this process with the same steps, one row each (and a
 speed-up against the first):
 
-  --variant=default --variant=wide:model.width=128 --variant=no_cmdbuf:xla.xla_gpu_enable_command_buffer=
+  python -m rwl_jax.benchmark --config=cifar10_rwl --variant=default
+      --variant=wide:model.width=128 --variant=no_cmdbuf:xla.xla_gpu_enable_command_buffer=
 
 A variant is NAME or NAME:SETTING,SETTING,... where a SETTING is a config override key.path=value
 (parsed and validated as --config.key.path=value; commas inside brackets stay in the value:
@@ -64,8 +65,8 @@ _PROFILE = flags.DEFINE_bool(
     "timed steps) and print where the step's time goes (--mode=step or both).")
 _PROFILE_STEPS = flags.DEFINE_integer("profile_steps", 5, "Steps each --profile trace records.")
 _PROFILE_DIR = flags.DEFINE_string(
-    "profile_dir", None, "Where --profile writes its traces, one folder per variant (default: a new "
-    "temporary folder, named in the output).")
+    "profile_dir", None, "Where --profile writes its traces, one folder per variant (default: a "
+    "new temporary folder, named in the output).")
 
 # Dense bf16 peaks (TFLOP/s) by device kind, for model-FLOP utilisation.
 _PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "TPU v4": 275.0,

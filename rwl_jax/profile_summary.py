@@ -34,8 +34,8 @@ from rwl_jax import paths
 from rwl_jax.errors import ConfigError
 
 TRACE_SUFFIX = ".trace.json.gz"
-CATEGORIES = ("convolution", "gemm", "reduction fusion", "elementwise fusion", "copy/memset", "sort",
-              "other")
+CATEGORIES = ("convolution", "gemm", "reduction fusion", "elementwise fusion", "copy/memset",
+              "sort", "other")
 
 # Kernel-name keywords, checked in this order (first match wins). cuDNN's implicit-GEMM
 # convolutions contain "gemm", so the convolution words come first; XLA:CPU names its operations
@@ -195,7 +195,8 @@ def summarize(events: Sequence[dict[str, Any]], steps: int | None = None,
   return {
       "source": source, "lines": lines, "steps": steps, "steps_from": steps_from,
       "span_ms_per_step": per_step_ms(span), "busy_ms_per_step": per_step_ms(busy),
-      "idle_ms_per_step": per_step_ms(span - busy), "busy_percent": 100 * busy / span if span else 0.0,
+      "idle_ms_per_step": per_step_ms(span - busy),
+      "busy_percent": 100 * busy / span if span else 0.0,
       "kernels_per_step": len(kernels) / steps, "mean_kernel_us": busy / len(kernels),
       "categories": categories, "top_kernels": top_kernels,
   }
@@ -211,11 +212,13 @@ def format_summary(summary: dict[str, Any]) -> str:
       f"{summary['span_ms_per_step']:.3f} ms, busy {summary['busy_ms_per_step']:.3f} ms "
       f"({summary['busy_percent']:.1f}%), idle {summary['idle_ms_per_step']:.3f} ms, "
       f"{summary['kernels_per_step']:.0f} kernels (mean busy {summary['mean_kernel_us']:.1f} us)",
-      "time by kernel category (per step, % of busy):",
+      "time by kernel category (per step, % of busy" + (
+          "; operations on several threads overlap, so the shares can sum past 100%):"
+          if summary["source"] == "host" else "):"),
   ]
   for kind, figures in summary["categories"].items():
-    lines.append(f"  {kind:20s} {figures['ms_per_step']:8.3f} ms {figures['percent_of_busy']:6.1f}% "
-                 f"{figures['kernels_per_step']:7.0f} kernels")
+    lines.append(f"  {kind:20s} {figures['ms_per_step']:8.3f} ms "
+                 f"{figures['percent_of_busy']:6.1f}% {figures['kernels_per_step']:7.0f} kernels")
   lines.append("top kernels (per step):")
   for kernel in summary["top_kernels"]:
     lines.append(f"  {kernel['ms_per_step']:8.3f} ms {kernel['count_per_step']:5.0f}x  "
@@ -223,7 +226,8 @@ def format_summary(summary: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
-def summarize_trace(path: epath.PathLike, steps: int | None = None, top: int = 15) -> dict[str, Any]:
+def summarize_trace(path: epath.PathLike, steps: int | None = None,
+                    top: int = 15) -> dict[str, Any]:
   """find_trace + load_events + summarize, the file's path under 'trace'."""
   trace = find_trace(path)
   return {"trace": os.fspath(trace), **summarize(load_events(trace), steps=steps, top=top)}

@@ -74,7 +74,8 @@ def test_commas_inside_brackets_and_quotes_stay_in_the_value():
     ("x:model.width=3,model.width=4", r"'model.width' is given twice"),
     ("x:xla.bad-name=1", r"'xla.bad-name' is not xla.OPTION"),
     ("x:modle.width=3", r"names a field the config does not have: modle \(Did you mean \"model\""),
-    ("x:model.widthx=3", r"does not have: widthx \(Did you mean \"width\" instead of \"widthx\"\?\)$"),
+    ("x:model.widthx=3",
+     r"does not have: widthx \(Did you mean \"width\" instead of \"widthx\"\?\)$"),
     ("x:model.width=abc", r"flag --config.model.width=abc: invalid literal for int\(\)"),
     ("x:seed=-1", r"seed must be an integer in \[0, 2\*\*31\)"),  # validate_config, per variant
     ("x:xla.xla_no_such_option=1", r"rejects the compiler option xla.xla_no_such_option=1: "
@@ -157,7 +158,8 @@ def synthetic_gpu_trace():
   The 'XLA Ops' line and the host's hlo_op events are not kernels once streams exist.
   """
   return [
-      _meta(1, "/device:GPU:0"), _meta(1, "Stream #1(Compute)", 1), _meta(1, "Stream #2(Memcpy)", 2),
+      _meta(1, "/device:GPU:0"), _meta(1, "Stream #1(Compute)", 1),
+      _meta(1, "Stream #2(Memcpy)", 2),
       _meta(1, "XLA Ops", 3), _meta(7, "/host:CPU"), _meta(7, "python", 70),
       _kernel(1, 1, "sm90_xmma_fprop_implicit_gemm_bf16", 0, 100),
       _kernel(1, 1, "loop_add_fusion", 100, 50),
@@ -242,8 +244,9 @@ def _reference_figures(text):
   span = re.search(r"device span [\d.]+ ms for (\d+) step\(s\): ([\d.]+) ms/step; busy ([\d.]+)% "
                    r"\(([\d.]+) ms/step\), idle ([\d.]+) ms/step; (\d+) kernels/step", text)
   block = text.split("time by kernel category (per step):")[1].split("top kernels")[0]
-  categories = {name.replace(" (cuDNN)", ""): (ms, percent, kernels) for name, ms, percent, kernels
-                in re.findall(r"^\s+(\S.*?)\s+([\d.]+) ms\s+([\d.]+)%\s+(\d+) kernels$", block, re.M)}
+  rows = re.findall(r"^\s+(\S.*?)\s+([\d.]+) ms\s+([\d.]+)%\s+(\d+) kernels$", block, re.M)
+  categories = {name.replace(" (cuDNN)", ""): (ms, percent, kernels)
+                for name, ms, percent, kernels in rows}
   top = re.findall(r"^\s+([\d.]+) ms\s+(\d+)x  (\S+)$", text.split("top kernels (per step):")[1],
                    re.M)
   return span.groups(), categories, top
@@ -311,7 +314,8 @@ def test_profile_summary_command_line(tmp_path):
 def test_two_variants_and_a_profile_in_one_process(tmp_path):
   done = run_benchmark(TINY + [
       f"--output={tmp_path}/b.json", "--variant=default",
-      "--variant=tweaked:model.width=4,model.projector_dims=(16,8),xla.xla_cpu_enable_fast_math=true",
+      "--variant=tweaked:model.width=4,model.projector_dims=(16,8),"
+      "xla.xla_cpu_enable_fast_math=true",
       "--profile", "--profile_steps=2", f"--profile_dir={tmp_path}/profile"], cwd=tmp_path)
   assert done.returncode == 0, done.stderr[-3000:]
   table = [line.split(" | ") for line in done.stdout.splitlines() if " | " in line]
