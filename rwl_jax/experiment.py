@@ -205,14 +205,17 @@ class Experiment:
       spec["label"] = jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=self.data_sharded)
     return (spec,)
 
-  def compile_step(self, state: Any, *inputs: Any) -> tuple[Callable, float]:
+  def compile_step(self, state: Any, *inputs: Any,
+                   compiler_options: dict[str, Any] | None = None) -> tuple[Callable, float]:
     """(the step compiled ahead of time for these (abstract or real) inputs, seconds taken).
 
     Compiling before the loop keeps compilation out of every timed window, and a compiled step
     refuses inputs of another shape or sharding instead of silently recompiling.
+    compiler_options: XLA options for this compilation only ({'xla_gpu_autotune_level': '4'}),
+    as the benchmark's variants compare them.
     """
     start = time.perf_counter()
-    compiled = self.jitted_step.lower(state, *inputs).compile()
+    compiled = self.jitted_step.lower(state, *inputs).compile(compiler_options=compiler_options)
     return compiled, time.perf_counter() - start
 
   def learning_rate(self, step: int) -> float:
