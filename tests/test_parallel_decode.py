@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 
 import numpy as np
@@ -110,7 +111,7 @@ def test_workers_that_cannot_run_leave_the_decode_to_this_process(tmp_path, capl
   root = mixed_folder(tmp_path / "mixed")
   alone = sources.ImageFolderSource(str(root), "train", image_size=8,
                                     cache_dir=str(tmp_path / "c1"), decode_workers=1).read()
-  monkeypatch.setattr(sources.sys, "executable", "/bin/false")  # every worker exits with 1
+  monkeypatch.setattr(sys, "executable", "/bin/false")  # every worker exits with 1
   with caplog.at_level(logging.WARNING):
     fallen_back = sources.ImageFolderSource(str(root), "train", image_size=8,
                                             cache_dir=str(tmp_path / "c2"),

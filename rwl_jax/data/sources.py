@@ -109,9 +109,10 @@ class ImageFolderSource:
   `ImageFolderSource(image_dir, split)` lists image_dir/split (CLASS folders, or images directly
   in it for an unlabelled split); `listing=` takes a FolderListing already made (a held-out part
   of a split). Listing is cheap and decoding is not, so `read(start, end)` decodes only that range
-  of the source order (one process's shards). Decoded ranges are cached as .npz files keyed by
-  their files' names, sizes and times, the image size and RESIZE_POLICY, so a second run starts
-  in a second instead of re-decoding.
+  of the source order (one process's shards), with a worker process per core (decode_images).
+  Decoded ranges are cached as .npz files (write_cache) keyed by their files' names, sizes and
+  times, the image size and RESIZE_POLICY, so a second run starts in a second instead of
+  re-decoding.
   """
 
   def __init__(self, image_dir: str, split: str, *, image_size: int, cache_dir: str = "",
