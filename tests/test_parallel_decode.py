@@ -178,11 +178,15 @@ def test_a_cache_write_that_fails_leaves_no_cache(tmp_path, caplog, monkeypatch,
 def test_racing_writers_leave_one_whole_cache(tmp_path, monkeypatch):
   root = mixed_folder(tmp_path / "mixed")
   cache_dir = tmp_path / "cache"
-  savez, both_written = np.savez, threading.Barrier(2, timeout=30)
+  savez, both_written, both_looked = (np.savez, threading.Barrier(2, timeout=30),
+                                      threading.Barrier(2, timeout=30))
+  seen_while_writing = []
 
   def savez_then_wait(file, **arrays):
     savez(file, **arrays)
     both_written.wait()  # both have written their file before either is renamed into place
+    seen_while_writing.append(sorted(os.listdir(cache_dir)))
+    both_looked.wait()
 
   monkeypatch.setattr(np, "savez", savez_then_wait)
   reads, failures = [], []
@@ -200,6 +204,10 @@ def test_racing_writers_leave_one_whole_cache(tmp_path, monkeypatch):
   for writer in writers:
     writer.join()
   assert not failures and len(reads) == 2
+  # Each writer has a file of its own, and none is under the final name until it is whole.
+  for listing in seen_while_writing:
+    assert len(listing) == 2 and all(n.startswith(".") and n.endswith(".partial")
+                                     for n in listing), listing
   (cache,) = os.listdir(cache_dir)  # one cache, no partial files
   assert cache.startswith("image_folder_train_") and cache.endswith(".npz")
   monkeypatch.setattr(np, "savez", savez)
