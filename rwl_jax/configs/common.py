@@ -107,6 +107,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # centre crop); TFDS images of another size likewise.
   config.data.image_size = 32
   config.data.cache_dir = ""  # decoded image-folder arrays; "" = ~/.cache/rwl_jax
+  # Processes decoding an image folder (a process pool; small folders are decoded in-process).
+  # 0 = one per core this process may use; 1 = no pool.
+  config.data.decode_workers = 0
   config.data.max_train_examples = 0  # 0 = all; a prefix of the shuffled split, for quick runs
   config.data.max_eval_examples = 0
   # Each split is cut into num_shards contiguous shards; a process reads only its own, and every

@@ -12,7 +12,7 @@ PATH may be laid out (rwl_jax/data/sources.py):
   each class (data.holdout_fraction) is held out for the evaluation.
 
 Every image is resized once on read to 96 x 96 (shorter side to 96, bicubic, centre crop) and
-converted to RGB, decoded with 8 threads and cached (data.cache_dir), then held in memory as
+converted to RGB, decoded by a process per core and cached (data.cache_dir), then held in memory as
 uint8: 27.6 KB per image, 2.8 GB per 100,000 images. --config.data.image_size=N changes it.
 
 The recipe is configs/stl10_rwl.py's for 96 px photographs: ResNet-18 with the ImageNet stem,
