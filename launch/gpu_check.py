@@ -35,6 +35,7 @@ import os
 import pathlib
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -397,13 +398,17 @@ class Stage:
     remaining = self.deadline - time.monotonic()
     if remaining <= 0:
       raise Failure(f"{what}: no time left in the stage's budget", 1)
+    # Its own process group (same session, so a call cut short still ends it): stopping it at the
+    # deadline stops whatever it started too, and the pipe closes.
     process = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, errors="replace")
+                               stderr=subprocess.STDOUT, text=True, errors="replace",
+                               process_group=0)
     expired = threading.Event()
 
     def stop():
       expired.set()
-      process.kill()
+      with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
 
     timer = threading.Timer(remaining, stop)
     timer.start()

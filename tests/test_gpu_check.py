@@ -10,6 +10,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import time
 import zipfile
 
 import numpy as np
@@ -161,13 +162,34 @@ def test_bad_arguments_are_one_error_line(argv, message, capsys, monkeypatch):
   assert error.count("\n") == 1 and message in error
 
 
-def test_a_command_past_the_stage_budget_is_stopped(tmp_path):
-  stage = gpu_check.Stage("stage1", tmp_path, budget_s=1)
-  with pytest.raises(gpu_check.Failure, match="sleeper stopped at the stage's 1 s budget"):
-    stage.run("sleeper", [sys.executable, "-c", "print('started', flush=True); "
-                          "import time; time.sleep(60)"], dict(os.environ))
+def _running(pid: int) -> bool:
+  try:
+    return pathlib.Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+  except OSError:
+    return False
+
+
+def test_a_command_past_the_stage_budget_is_stopped_with_what_it_started(tmp_path):
+  # The command starts a process of its own (as a training run's helpers would): both are stopped.
+  code = ("import subprocess, sys, time; child = subprocess.Popen([sys.executable, '-c', "
+          "'import time; time.sleep(300)'], stdout=subprocess.DEVNULL, "
+          "stderr=subprocess.DEVNULL); "
+          "print('child', child.pid, flush=True); time.sleep(300)")
+  stage = gpu_check.Stage("stage1", tmp_path, budget_s=2)
+  with pytest.raises(gpu_check.Failure, match="sleeper stopped at the stage's 2 s budget"):
+    stage.run("sleeper", [sys.executable, "-c", code], dict(os.environ))
   stage.close()
-  assert "started" in (tmp_path / "stage1.log").read_text()
+  line = next(l for l in (tmp_path / "stage1.log").read_text().splitlines() if l.startswith("child"))
+  pid = int(line.split()[1])
+  try:
+    for _ in range(50):
+      if not _running(pid):
+        break
+      time.sleep(0.1)
+    assert not _running(pid)
+  finally:
+    if _running(pid):
+      os.kill(pid, 9)
 
 
 def _wheel(directory: pathlib.Path, name: str) -> pathlib.Path:
