@@ -251,12 +251,12 @@ def machine(cifar_dir, tmp_path_factory):
   return root, env
 
 
-def run_stage(machine, name: str, *extra: str) -> subprocess.CompletedProcess:
+def run_stage(machine, name: str, *extra: str, dry_run: bool = True) -> subprocess.CompletedProcess:
   root, env = machine
   out = root / f"out_{name}"
   shutil.rmtree(out, ignore_errors=True)
   return subprocess.run(
-      [sys.executable, str(REPO / "launch" / "gpu_check.py"), name, "--dry-run",
+      [sys.executable, str(REPO / "launch" / "gpu_check.py"), name, *["--dry-run"][:dry_run],
        f"--parts={root / 'parts'}", f"--wheels={root / 'no_wheels'}", f"--work={root / 'work'}",
        f"--out={out}", *extra], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
@@ -267,6 +267,11 @@ def test_stage1_dry_run_without_tensorflow(machine):
   blocked = subprocess.run([sys.executable, "-c", "import tensorflow"], env=env,
                            capture_output=True, text=True)
   assert "No module named 'tensorflow'" in blocked.stderr  # the blocker works
+  # Without --dry-run, a machine without a GPU is told in seconds, before any image is written.
+  on_cpu = run_stage(machine, "stage1", dry_run=False)
+  assert on_cpu.returncode == 1 and on_cpu.stderr.count("\n") == 1
+  assert on_cpu.stderr.startswith("error: jax failed") and "not gpu" in on_cpu.stderr
+  assert not (root / "work" / "images").exists()
   # Until rwl_jax.benchmark takes --variant and --profile: none of either.
   done = run_stage(machine, "stage1", "--variants=", "--no-profile")
   assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
