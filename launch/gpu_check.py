@@ -352,8 +352,11 @@ def carry_path(path: pathlib.Path, repo: pathlib.Path = REPO) -> str:
   except ValueError:
     raise Failure(f"{path} is outside the repository {repo}: only paths inside it can be carried")
   # A trailing '/': a folder not made yet still matches a folder pattern such as /.whl/.
-  ignored = subprocess.run(["git", "check-ignore", "-q", relative.as_posix() + "/"],
-                           cwd=repo).returncode == 0
+  try:
+    ignored = subprocess.run(["git", "check-ignore", "-q", relative.as_posix() + "/"],
+                             cwd=repo).returncode == 0
+  except OSError as error:
+    raise Failure(f"git is needed to check that {relative} is ignored: {error}")
   if not ignored:
     raise Failure(f"{relative} is not ignored by git: add it to .gitignore")
   return relative.as_posix()
@@ -528,6 +531,19 @@ def stage2(args, stage: Stage) -> None:
                 "overrides": list(args.overrides), "dry_run": args.dry_run})
 
 
+def existing_parts(parts_dir: pathlib.Path) -> list[pathlib.Path] | None:
+  """The two part folders when both are there, from one pack, with blobs matching their indexes."""
+  folders = [parts_dir / f"part{n}" for n in range(2)]
+  try:
+    indexes = [read_index(folder, n) for n, folder in enumerate(folders)]
+  except Failure:
+    return None
+  same_pack = indexes[0]["splits"] == indexes[1]["splits"]
+  intact = all((f / BLOB_NAME).is_file() and hashlib.sha256((f / BLOB_NAME).read_bytes())
+               .hexdigest() == index["blob_sha256"] for f, index in zip(folders, indexes))
+  return folders if same_pack and intact else None
+
+
 def prepare(args) -> None:
   began = time.monotonic()
   for path in (args.parts, args.wheels):  # before the minutes of packing, not after
@@ -535,9 +551,13 @@ def prepare(args) -> None:
   if args.wheels_download:
     download_wheels(args.wheels)
     print(f"wheels: {', '.join(p.name for p in wheel_files(args.wheels))}")
-  folders = pack(args.source, args.parts, max_part_mib=args.max_part_mib)
+  folders = None if args.repack else existing_parts(args.parts)
+  if folders:
+    print(f"reusing the parts in {args.parts} (their checksums hold; --repack to make them again)")
+  else:
+    folders = pack(args.source, args.parts, max_part_mib=args.max_part_mib)
   sizes = [_tree_bytes([f]) for f in folders]
-  print(f"packed in {time.monotonic() - began:.0f} s: " + ", ".join(
+  print(f"parts ready in {time.monotonic() - began:.0f} s: " + ", ".join(
       f"{f.name} {s / 2**20:.1f} MiB" for f, s in zip(folders, sizes)))
   tree = travelling_tree_bytes()
   wheels = _tree_bytes([args.wheels])
@@ -580,6 +600,8 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
   prep.add_argument("--no-wheels", dest="wheels_download", action="store_false",
                     help="do not download the wheels")
   prep.add_argument("--max-part-mib", type=float, default=MAX_PART_MIB)
+  prep.add_argument("--repack", action="store_true",
+                    help="make the parts again even where intact ones are there")
   for name, summary in (("stage1", "call 1: wheels, part 0, the benchmark variants"),
                         ("stage2", "call 2: part 1, the pixel check, the 20-epoch run")):
     stage = commands.add_parser(name, help=summary,

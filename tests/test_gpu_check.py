@@ -138,6 +138,16 @@ def test_prepare_prints_the_two_calls_with_their_carry_lists(cifar_dir, tmp_path
   try:
     assert gpu_check.main(["prepare", f"--source={source}", f"--parts={parts}", "--no-wheels"]) == 0
     printed = capsys.readouterr().out
+    # Again: the intact parts are kept, not made again; a damaged one is made again.
+    made = (parts / "part1" / gpu_check.BLOB_NAME).stat().st_mtime_ns
+    assert gpu_check.main(["prepare", f"--source={source}", f"--parts={parts}", "--no-wheels"]) == 0
+    assert "reusing the parts" in capsys.readouterr().out
+    assert (parts / "part1" / gpu_check.BLOB_NAME).stat().st_mtime_ns == made
+    with (parts / "part1" / gpu_check.BLOB_NAME).open("ab") as blob:
+      blob.write(b"x")
+    assert gpu_check.main(["prepare", f"--source={source}", f"--parts={parts}", "--no-wheels"]) == 0
+    assert "reusing" not in capsys.readouterr().out
+    assert gpu_check.unpack_part(parts / "part1", 1, tmp_path / "images", workers=1)
   finally:
     shutil.rmtree(parts, ignore_errors=True)
   calls = [json.loads(line) for line in printed.splitlines() if line.startswith("{")]
