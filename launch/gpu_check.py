@@ -504,6 +504,8 @@ def stage2(args, stage: Stage) -> None:
                   "machine?): run stage1 first, then stage2 within 30 s")
   with stage.phase("install wheels"):
     env = install_wheels(stage, args.wheels, work / "site", plan)
+  with stage.phase("jax"):  # else a run that lost its GPU would train on the CPU for hours
+    check_platform(stage, env, plan)
   with stage.phase("unpack part 1"):
     second = unpack_part(args.parts / "part1", 1, work / "images")
   with stage.phase("pixel check"):

@@ -313,6 +313,8 @@ def test_stage2_dry_run_without_tensorflow(machine):
   assert config["data"]["image_dir"] == str(root / "work" / "images")
   timing = json.loads((out / "stage2_timing.json").read_text())
   assert timing["images"] == {"train": 640, "test": 160} and timing["train_wall_s"] > 0
+  assert list(timing["phases_s"]) == ["install wheels", "jax", "unpack part 1", "pixel check",
+                                      "train"]
   assert "every pixel equal to the PNG copy" in (out / "stage2.log").read_text()
 
   # A training command that fails: one error line naming it, and the stage's status is nonzero.
