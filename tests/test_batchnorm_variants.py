@@ -176,20 +176,20 @@ def _variables(module):
           for path, variable in nnx.to_flat_state(nnx.state(module))}
 
 
-@pytest.mark.parametrize("variant", FUSED)
-def test_variable_tree_and_initial_values_equal_the_default(variant):
+def test_variable_tree_and_initial_values_equal_the_default():
   """The same variables (names, types, shapes, dtypes) as the default in ResNet-18 and ResNet-50
   (abstract), and the same initial values in the tiny nets (the same draws of the same rngs)."""
   for name in ("resnet18", "resnet50"):
-    default, fused = (nnx.eval_shape(lambda v=v: build_resnet(
-        name, width=4, batchnorm_variant=v, rngs=nnx.Rngs(0))) for v in ("flax", variant))
-    assert _variables(fused) == _variables(default), name
+    default, *fused = (nnx.eval_shape(lambda v=v: build_resnet(
+        name, width=4, batchnorm_variant=v, rngs=nnx.Rngs(0))) for v in ("flax",) + FUSED)
+    assert all(_variables(other) == _variables(default) for other in fused), name
   for block in (BasicBlock, Bottleneck):
-    default, fused = _tiny_encoder("flax", block), _tiny_encoder(variant, block)
-    assert _variables(fused) == _variables(default)
-    for (path, a), (_, b) in zip(nnx.to_flat_state(nnx.state(default)),
-                                 nnx.to_flat_state(nnx.state(fused))):
-      np.testing.assert_array_equal(a.get_value(), b.get_value(), err_msg=str(path))
+    default = nnx.to_flat_state(nnx.state(_tiny_encoder("flax", block)))
+    for variant in FUSED:
+      fused = nnx.to_flat_state(nnx.state(_tiny_encoder(variant, block)))
+      assert [path for path, _ in fused] == [path for path, _ in default]
+      for (path, a), (_, b) in zip(default, fused):
+        np.testing.assert_array_equal(a.get_value(), b.get_value(), err_msg=str(path))
 
 
 @nnx.jit
@@ -201,24 +201,26 @@ def _loss_and_grads(model, images, cotangent):
   return value, grads, nnx.state(model, nnx.BatchStat)
 
 
-@pytest.mark.parametrize("variant", FUSED)
-@pytest.mark.parametrize("block", ("basic", "bottleneck"))
+@functools.cache  # the default's results serve both variants
+def _tiny_resnet_results(variant, block):
+  keys = jax.random.split(jax.random.key(3))
+  images = jax.random.normal(keys[0], (4, 8, 8, 3))
+  model = _tiny_encoder(variant, BasicBlock if block == "basic" else Bottleneck)
+  cotangent = jax.random.normal(keys[1], (4, model.num_features))
+  loss, grads, stats = _loss_and_grads(model, images, cotangent)
+  return float(loss), dict(nnx.to_flat_state(grads)) | dict(nnx.to_flat_state(stats))
+
+
+@pytest.mark.parametrize("variant, block", [
+    ("fused", "basic"), ("pallas", "basic"),
+    pytest.param("fused", "bottleneck", marks=pytest.mark.slow),
+    pytest.param("pallas", "bottleneck", marks=pytest.mark.slow)])
 def test_tiny_resnet_loss_gradients_and_statistics_equal_the_default(variant, block):
   """A two-stage width-4 ResNet of basic blocks (identity and projection shortcuts) or of
   bottlenecks, float32: the loss, every parameter's gradient and every updated running
   statistic equal the default's within float32 round-off (accumulated over 5-8 layers)."""
-  make = lambda v: _tiny_encoder(v, BasicBlock if block == "basic" else Bottleneck)
-  keys = jax.random.split(jax.random.key(3))
-  images = jax.random.normal(keys[0], (4, 8, 8, 3))
-  results = {}
-  for name in ("flax", variant):
-    model = make(name)
-    cotangent = jax.random.normal(keys[1], (4, model.num_features))
-    results[name] = _loss_and_grads(model, images, cotangent)
-  (loss, grads, stats), (loss_f, grads_f, stats_f) = results["flax"], results[variant]
-  assert abs(float(loss_f) - float(loss)) <= 1e-5 * abs(float(loss))
-  flat = dict(nnx.to_flat_state(grads)) | dict(nnx.to_flat_state(stats))
-  flat_f = dict(nnx.to_flat_state(grads_f)) | dict(nnx.to_flat_state(stats_f))
+  (loss, flat), (loss_f, flat_f) = (_tiny_resnet_results(v, block) for v in ("flax", variant))
+  assert abs(loss_f - loss) <= 1e-5 * abs(loss)
   assert sorted(flat) == sorted(flat_f)
   errors = {path: _relative(flat_f[path].get_value(), flat[path].get_value()) for path in flat}
   worst = max(errors, key=errors.get)
@@ -259,6 +261,31 @@ def test_pallas_refuses_several_devices_and_other_backends():
   with pytest.raises(ConfigError, match="not for 'tpu'"):
     batchnorm.check_backend("pallas", "tpu")
   batchnorm.check_backend("pallas", "gpu")
+
+
+@pytest.mark.parametrize("dtype, shape, residual", [
+    (jnp.bfloat16, (6, 7, 7, 40), True), (jnp.float32, (3, 1, 1, 130), False)])
+def test_pallas_kernels_lower_to_triton_for_cuda(monkeypatch, dtype, shape, residual):
+  """No GPU here, but the Pallas -> Triton lowering runs in Python: the train-mode forward and
+  backward lower for CUDA to Triton kernels (power-of-two tiles, masked loads and stores; what
+  Triton's compiler and the GPU then make of them is not checked here)."""
+  monkeypatch.setattr(batchnorm, "_interpret", lambda: False)
+  x = jax.ShapeDtypeStruct(shape, dtype)
+  vector = jax.ShapeDtypeStruct(shape[-1:], jnp.float32)
+
+  def grads(x, scale, bias, r):
+    def loss(x, scale, bias, r):
+      y, mean, var = batchnorm.batch_norm_train(x, scale, bias, r, True, 1e-5, dtype, "pallas")
+      return jnp.sum(y.astype(jnp.float32)) + jnp.sum(mean + var)
+    return jax.value_and_grad(loss, argnums=(0, 1, 2, 3) if residual else (0, 1, 2))(
+        x, scale, bias, r)
+
+  exported = jax.export.export(
+      jax.jit(grads), platforms=["cuda"],
+      disabled_checks=[jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")])(
+          x, vector, vector, x if residual else None)
+  # Statistics, forward (y), the backward's sums, dx.
+  assert exported.mlir_module().count("@__gpu$xla.gpu.triton(") == 4
 
 
 # Runs in a fresh process: the device count is fixed when JAX starts.

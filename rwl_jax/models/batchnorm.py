@@ -24,18 +24,27 @@ Backward, with g = dy·[y > 0] (the ReLU's mask; g = dy without ReLU):
   dβ = Σg,  dγ = Σ(g·x̂),  dr = g,
   dx = γ·rstd/M · (M·g − Σg − x̂·Σ(g·x̂)).
 
-What this saves over autodiff of flax's layer is bytes moved through HBM, not arithmetic (the
-layer is memory-bound): the backward keeps only x (compute dtype), μ and rstd per channel and
-recomputes x̂ from them instead of storing a float32 x̂; both channel sums (Σg, Σg·x̂) are one
-read of (dy, x); dx is one more read of (g, x) and one write; without a residual the ReLU mask
-is recomputed from x (read anyway) instead of writing the masked dy, and with a residual it is
-read from y (the block's output, kept alive anyway as the next convolution's input) instead of
-recomputing γ·x̂ + β + r, which reads r as well.
+Why fuse (the layer is memory-bound: what counts is activation-sized tensors moved through HBM,
+A = N·H·W·C elements; counted for flax from the optimised HLO of the bf16 ResNet-18 step on an
+H200, for these passes by construction). flax already computes both statistics in float32 in one
+read of x (use_fast_variance, one multi-output reduction) and XLA recomputes x̂ inside its
+fusions, so the forward is the same 1 read (statistics) + 1 read (+1 for r) + 1 write (y) here.
+The backward differs:
+  BN + ReLU:           flax 4 reads + 2 writes (it writes the masked dy, then reads it back for
+                       dx); here 4 reads + 1 write (Σ pass reads dy, x; dx pass reads dy, x and
+                       recomputes the mask from x).
+  BN + residual + ReLU: flax 7 reads + 2 writes (mask pass reads dy, r, x and writes g; Σ pass
+                       reads g, x; dx pass reads g, x); here 5 reads + 2 writes (one pass reads
+                       dy, y, x, writes g = dr and both sums; dx pass reads g, x). The mask comes
+                       from y (kept alive anyway as the next convolution's input), not r.
+The custom_vjp also keeps only x (compute dtype), μ and rstd (and y with a residual): no float32
+activation (flax's autodiff residuals x − μ and x², which XLA then has to rematerialise).
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -129,14 +138,17 @@ def _jnp_grad_input(x, g, mean, rstd, a, bias, k2, k3, relu):
 JNP_PASSES = Passes(_jnp_moments, _jnp_forward, _jnp_grad_sums, _jnp_grad_input)
 
 
-# Pallas: a 2-D grid of (block_rows, block_channels) tiles. Triton wants power-of-two tiles, so a
-# tile may overhang the array at the bottom or right edge: every load and store is masked
-# (Triton's masked load/store, which the interpreter also runs). Sums are per tile, written as
-# (row tiles, C) partial sums that jnp adds up (a second, small reduction, as XLA's own
-# two-stage reductions do). A tile holds ~4096 elements (32 float32 registers per thread at
-# Triton's default 4 warps).
+# Pallas: a 2-D grid of (block_rows, block_channels) tiles of the (M, C) view; row tiles first
+# (the large dimension). The kernels index the whole arrays with explicit row/channel index
+# vectors and masks, the pattern of jax's own Triton layer norm (pallas/ops/gpu/layer_norm.py):
+# Triton wants power-of-two tiles, so a tile may overhang the array at the bottom or right edge,
+# and every load and store is masked (Triton's masked load/store, which the interpreter also
+# runs). Sums are per tile, written as (row tiles, C) partial sums that jnp adds up (a second,
+# small reduction, as XLA's own two-stage reductions do). A tile holds <= 4096 elements (32
+# float32 registers per thread at 4 warps).
 _TILE_ELEMENTS = 4096
 _MAX_BLOCK_CHANNELS = 128
+_NUM_WARPS = 4
 
 
 def _blocks(rows: int, channels: int) -> tuple[int, int]:
@@ -149,49 +161,68 @@ def _interpret() -> bool:
   return jax.default_backend() == "cpu"
 
 
-def _tile_masks(rows: int, channels: int, block_rows: int, block_channels: int):
-  """(row, channel) mask of the tile's elements inside the array, and the channel mask."""
+class _Tile(NamedTuple):
+  """This program's tile: index vectors, masks and the array sizes."""
+  rows: jax.Array  # (block_rows,) row indices
+  channels: jax.Array  # (block_channels,) channel indices
+  in_channels: jax.Array  # (block_channels,) channel < C
+  mask: jax.Array  # (block_rows, block_channels) inside the array
+  num_channels: int
+
+  def load(self, ref):
+    """The tile of an (M, C) array, float32, 0 outside the array."""
+    return plgpu.load(ref.at[self.rows[:, None], self.channels[None, :]], mask=self.mask,
+                      other=0.0).astype(jnp.float32)
+
+  def store(self, ref, value):
+    plgpu.store(ref.at[self.rows[:, None], self.channels[None, :]], value.astype(ref.dtype),
+                mask=self.mask)
+
+  def load_channels(self, ref):
+    """The tile's part of a per-channel (C,) vector, as a (1, block_channels) row."""
+    return plgpu.load(ref.at[self.channels], mask=self.in_channels, other=0.0)[None, :]
+
+  def store_partial(self, ref, value):
+    """A (block_channels,) partial sum into row program_id(0) of a flat (row tiles * C) array."""
+    plgpu.store(ref.at[pl.program_id(0) * self.num_channels + self.channels], value,
+                mask=self.in_channels)
+
+
+def _tile(rows: int, channels: int, block_rows: int, block_channels: int) -> _Tile:
   row = pl.program_id(0) * block_rows + jnp.arange(block_rows)
   channel = pl.program_id(1) * block_channels + jnp.arange(block_channels)
   in_channels = channel < channels
-  return (row < rows)[:, None] & in_channels[None, :], in_channels
+  return _Tile(row, channel, in_channels, (row < rows)[:, None] & in_channels[None, :], channels)
 
 
-def _load_tile(ref, mask):
-  return plgpu.load(ref, mask=mask, other=0).astype(jnp.float32)
-
-
-def _load_channels(ref, in_channels):
-  return plgpu.load(ref, mask=in_channels, other=0)[None, :]
-
-
-def _tiled_call(kernel, inputs, outputs, rows, channels, vectors=0, partials=0):
-  """pallas_call over the (row tile, channel tile) grid. inputs: (M, C) arrays (None skipped)
-  then `vectors` per-channel (C,) arrays; outputs: ShapeDtypeStructs of (M, C) arrays, then
-  `partials` of (row tiles, C) partial sums (one row per row tile)."""
+def _tiled_call(kernel, inputs, outputs, rows, channels, partials=0):
+  """pallas_call of kernel(*input refs, *output refs, tile=_Tile) over the (row tile, channel
+  tile) grid. inputs: arrays (None skipped); outputs: ShapeDtypeStructs, the last `partials` of
+  them (row tiles, C) float32 partial sums (passed to the kernel flat, returned 2-D)."""
   block_rows, block_channels = _blocks(rows, channels)
   grid = (pl.cdiv(rows, block_rows), pl.cdiv(channels, block_channels))
-  tile = pl.BlockSpec((block_rows, block_channels), lambda i, j: (i, j))
-  vector = pl.BlockSpec((block_channels,), lambda i, j: (j,))
-  partial = pl.BlockSpec((None, block_channels), lambda i, j: (i, j))
-  arrays = [x for x in inputs if x is not None]
-  in_specs = [tile] * (len(arrays) - vectors) + [vector] * vectors
-  out_specs = [tile] * (len(outputs) - partials) + [partial] * partials
-  body = functools.partial(kernel, rows=rows, channels=channels, block_rows=block_rows,
-                           block_channels=block_channels)
-  return pl.pallas_call(body, grid=grid, in_specs=in_specs, out_specs=out_specs,
-                        out_shape=list(outputs), interpret=_interpret())(*arrays)
+  flat = [jax.ShapeDtypeStruct((math.prod(out.shape),), out.dtype) if index >= len(outputs) -
+          partials else out for index, out in enumerate(outputs)]
+
+  def body(*refs):
+    kernel(*refs, tile=_tile(rows, channels, block_rows, block_channels))
+
+  # Triton's compiler parameters pick the Triton backend (a plain pallas_call on a GPU may get
+  # Mosaic GPU, whose copies these whole-array, masked kernels do not fit).
+  results = pl.pallas_call(body, grid=grid, out_shape=flat, interpret=_interpret(),
+                           compiler_params=plgpu.CompilerParams(num_warps=_NUM_WARPS))(
+      *[x for x in inputs if x is not None])
+  return [result.reshape(out.shape) for result, out in zip(results, outputs)]
 
 
 def _partials(rows: int, channels: int):
   return jax.ShapeDtypeStruct((pl.cdiv(rows, _blocks(rows, channels)[0]), channels), jnp.float32)
 
 
-def _moments_kernel(x_ref, sum_ref, sum_sq_ref, *, rows, channels, block_rows, block_channels):
-  mask, in_channels = _tile_masks(rows, channels, block_rows, block_channels)
-  x = _load_tile(x_ref, mask)
-  plgpu.store(sum_ref, jnp.sum(x, axis=0), mask=in_channels)
-  plgpu.store(sum_sq_ref, jnp.sum(x * x, axis=0), mask=in_channels)
+def _moments_kernel(x_ref, sum_ref, sum_sq_ref, *, tile):
+  x = tile.load(x_ref)
+  tile.store_partial(sum_ref, jnp.sum(x, axis=0))
+  tile.store_partial(sum_sq_ref, jnp.sum(x * x, axis=0))
 
 
 def _pallas_moments(x):
@@ -202,49 +233,44 @@ def _pallas_moments(x):
   return jnp.sum(sums, axis=0), jnp.sum(sums_sq, axis=0)
 
 
-def _forward_kernel(*refs, relu, has_residual, rows, channels, block_rows, block_channels):
+def _forward_kernel(*refs, relu, has_residual, tile):
   if has_residual:
     x_ref, r_ref, mean_ref, a_ref, bias_ref, y_ref = refs
   else:
     (x_ref, mean_ref, a_ref, bias_ref, y_ref), r_ref = refs, None
-  mask, in_channels = _tile_masks(rows, channels, block_rows, block_channels)
-  y = _pre_activation(_load_tile(x_ref, mask), _load_channels(mean_ref, in_channels),
-                      _load_channels(a_ref, in_channels), _load_channels(bias_ref, in_channels))
+  y = _pre_activation(tile.load(x_ref), tile.load_channels(mean_ref), tile.load_channels(a_ref),
+                      tile.load_channels(bias_ref))
   if r_ref is not None:
-    y = y + _load_tile(r_ref, mask)
-  if relu:
-    y = jnp.maximum(y, 0.0)
-  plgpu.store(y_ref, y.astype(y_ref.dtype), mask=mask)
+    y = y + tile.load(r_ref)
+  tile.store(y_ref, jnp.maximum(y, 0.0) if relu else y)
 
 
 def _pallas_forward(x, r, mean, a, bias, relu, dtype):
   rows, channels = x.shape
   kernel = functools.partial(_forward_kernel, relu=relu, has_residual=r is not None)
   (y,) = _tiled_call(kernel, [x, r, mean, a, bias], [jax.ShapeDtypeStruct(x.shape, dtype)],
-                     rows, channels, vectors=3)
+                     rows, channels)
   return y
 
 
-def _grad_sums_kernel(*refs, relu, has_output, rows, channels, block_rows, block_channels):
+def _grad_sums_kernel(*refs, relu, has_output, tile):
   if has_output:
     x_ref, dy_ref, y_ref, mean_ref, rstd_ref, a_ref, bias_ref, g_ref, sum_ref, sum_xhat_ref = refs
   else:
     x_ref, dy_ref, mean_ref, rstd_ref, a_ref, bias_ref, sum_ref, sum_xhat_ref = refs
-  mask, in_channels = _tile_masks(rows, channels, block_rows, block_channels)
-  x, g = _load_tile(x_ref, mask), _load_tile(dy_ref, mask)
-  mean = _load_channels(mean_ref, in_channels)
+  x, g, mean = tile.load(x_ref), tile.load(dy_ref), tile.load_channels(mean_ref)
   if relu:
     if has_output:
-      alive = _load_tile(y_ref, mask) > 0
+      alive = tile.load(y_ref) > 0
     else:
-      alive = _pre_activation(x, mean, _load_channels(a_ref, in_channels),
-                              _load_channels(bias_ref, in_channels)) > 0
+      alive = _pre_activation(x, mean, tile.load_channels(a_ref),
+                              tile.load_channels(bias_ref)) > 0
     g = jnp.where(alive, g, 0.0)
   if has_output:
-    plgpu.store(g_ref, g.astype(g_ref.dtype), mask=mask)
-  x_hat = (x - mean) * _load_channels(rstd_ref, in_channels)
-  plgpu.store(sum_ref, jnp.sum(g, axis=0), mask=in_channels)
-  plgpu.store(sum_xhat_ref, jnp.sum(g * x_hat, axis=0), mask=in_channels)
+    tile.store(g_ref, g)
+  x_hat = (x - mean) * tile.load_channels(rstd_ref)
+  tile.store_partial(sum_ref, jnp.sum(g, axis=0))
+  tile.store_partial(sum_xhat_ref, jnp.sum(g * x_hat, axis=0))
 
 
 def _pallas_grad_sums(x, dy, y, mean, rstd, a, bias, relu):
@@ -254,28 +280,26 @@ def _pallas_grad_sums(x, dy, y, mean, rstd, a, bias, relu):
   outputs = ([jax.ShapeDtypeStruct(dy.shape, dy.dtype)] if has_output else []) + [partial] * 2
   kernel = functools.partial(_grad_sums_kernel, relu=relu, has_output=has_output)
   results = _tiled_call(kernel, [x, dy, y, mean, rstd, a, bias], outputs, rows, channels,
-                        vectors=4, partials=2)
+                        partials=2)
   g, (sums, sums_xhat) = (results[0] if has_output else None), results[-2:]
   return g, jnp.sum(sums, axis=0), jnp.sum(sums_xhat, axis=0)
 
 
 def _grad_input_kernel(x_ref, g_ref, mean_ref, rstd_ref, a_ref, bias_ref, k2_ref, k3_ref, dx_ref,
-                       *, relu, rows, channels, block_rows, block_channels):
-  mask, in_channels = _tile_masks(rows, channels, block_rows, block_channels)
-  x, g = _load_tile(x_ref, mask), _load_tile(g_ref, mask)
-  mean, a = _load_channels(mean_ref, in_channels), _load_channels(a_ref, in_channels)
+                       *, relu, tile):
+  x, g = tile.load(x_ref), tile.load(g_ref)
+  mean, a = tile.load_channels(mean_ref), tile.load_channels(a_ref)
   if relu:
-    g = jnp.where(_pre_activation(x, mean, a, _load_channels(bias_ref, in_channels)) > 0, g, 0.0)
-  x_hat = (x - mean) * _load_channels(rstd_ref, in_channels)
-  dx = a * (g - _load_channels(k2_ref, in_channels) - x_hat * _load_channels(k3_ref, in_channels))
-  plgpu.store(dx_ref, dx.astype(dx_ref.dtype), mask=mask)
+    g = jnp.where(_pre_activation(x, mean, a, tile.load_channels(bias_ref)) > 0, g, 0.0)
+  x_hat = (x - mean) * tile.load_channels(rstd_ref)
+  tile.store(dx_ref, a * (g - tile.load_channels(k2_ref) - x_hat * tile.load_channels(k3_ref)))
 
 
 def _pallas_grad_input(x, g, mean, rstd, a, bias, k2, k3, relu):
   rows, channels = x.shape
   kernel = functools.partial(_grad_input_kernel, relu=relu)
   (dx,) = _tiled_call(kernel, [x, g, mean, rstd, a, bias, k2, k3],
-                      [jax.ShapeDtypeStruct(x.shape, x.dtype)], rows, channels, vectors=6)
+                      [jax.ShapeDtypeStruct(x.shape, x.dtype)], rows, channels)
   return dx
 
 
