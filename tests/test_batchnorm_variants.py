@@ -4,6 +4,9 @@ and ReLU: outputs, gradients (input, scale, bias, residual), running statistics 
 layer by layer and through a tiny ResNet; the variable tree; the config and device checks."""
 
 import functools
+import os
+import subprocess
+import sys
 import textwrap
 
 import jax
@@ -374,3 +377,15 @@ def test_two_training_steps_through_the_experiment_builder_agree():
     np.testing.assert_allclose(other_losses, losses, rtol=1e-5, err_msg=variant)
     worst = max(_relative(a, b) for a, b in zip(other_leaves, leaves))
     assert worst < 1e-4, (variant, worst)
+
+
+@pytest.mark.slow  # a fresh interpreter, ~5 s
+def test_bad_batchnorm_on_the_command_line_is_one_error_line(tmp_path):
+  done = subprocess.run([sys.executable, "-m", "rwl_jax.main", "--config=cifar10_rwl",
+                         f"--workdir={tmp_path}/run", "--config.model.batchnorm=fast"],
+                        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+  assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+  assert errors == ["error: unknown model.batchnorm 'fast'; choose one of "
+                    "['flax', 'fused', 'pallas']"], done.stderr[-3000:]
