@@ -108,17 +108,19 @@ def test_float32_layer_equals_flax(variant, shape, case):
 @pytest.mark.parametrize("variant", FUSED)
 @pytest.mark.parametrize("case", ("relu", "residual_relu"))
 def test_bfloat16_layer_within_bfloat16_round_off(variant, case):
-  """In bfloat16 neither flax nor the fused layer is exact: each is compared with float32
+  """In bfloat16 neither flax nor the fused layer is exact, so both are compared with float32
   arithmetic on the same (bf16-rounded) inputs. The fused layer rounds once (statistics,
-  normalisation, residual add and ReLU in float32), flax also rounds its BN output before the add
-  and carries the backward's add/ReLU in bf16; both errors must be a few bf16 ulps (2**-8)."""
+  normalisation, residual add, ReLU and the backward's sums in float32): every output and
+  gradient within one bf16 ulp (2**-8, relative, Frobenius norm; measured ~1.5e-3 to 2.4e-3).
+  flax rounds its BN output before the add and carries part of the backward in bf16: measured
+  2.4e-3 (y) to 3.1e-2 (dscale), so it is no tighter reference than this."""
   shape = (6, 7, 7, 40)
   truth = _results("flax", shape, jnp.bfloat16, case, compute_dtype=jnp.float32)
   flax_bf16 = _results("flax", shape, jnp.bfloat16, case)
   got = _results(variant, shape, jnp.bfloat16, case)
   for name in truth:
     error, flax_error = _relative(got[name], truth[name]), _relative(flax_bf16[name], truth[name])
-    assert error <= max(1.5 * flax_error, 2**-8), (name, error, flax_error)
+    assert error <= 2**-8, (name, error, flax_error)
 
 
 @nnx.jit
