@@ -232,6 +232,7 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *,
   if config.eval.online_probe and not (num_classes or 0) >= 2:
     raise ConfigError(f"eval.online_probe needs the dataset's classes (>= 2), got {num_classes}")
   parallel.check_batch_divisible(config.global_batch_size, mesh)
+  models.check_devices(config.model, mesh.devices.size)
   recipe = AugmentRecipe.from_config(config.augment)
   method = methods.get(config, mesh)
   tx, schedule = create_optimizer(config, steps_per_epoch)

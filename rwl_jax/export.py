@@ -256,6 +256,9 @@ class _ModelFields:
     self.stem = description.get("stem", "cifar")
     self.patch_size = description.get("patch_size", 4)
     self.dtype = description.get("dtype", "float32")
+    # Evaluation-mode BatchNorm is the same function whichever implementation trained (with
+    # the same variables), so a loaded encoder always uses flax's.
+    self.batchnorm = "flax"
 
 
 def _abstract_encoder(description: Mapping[str, Any], where: str) -> nnx.Module:

@@ -52,6 +52,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # layers; the output size must equal projector_dims[-1]. Unused by the other methods.
   config.model.predictor_dims = (512, 512)
   config.model.dtype = "float32"  # compute dtype; parameters and the loss stay float32
+  # ResNets' BatchNorm (rwl_jax/models/batchnorm.py): "flax" (nnx.BatchNorm), "fused" (BatchNorm +
+  # residual + ReLU as one custom_vjp in jnp) or "pallas" (the same as Pallas kernels, one GPU).
+  # The same variables and checkpoints whichever trains; the fused ones are unmeasured so far.
+  config.model.batchnorm = "flax"
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "sgd"  # or "lars"

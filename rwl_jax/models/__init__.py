@@ -3,6 +3,7 @@
 Encoders (model.encoder): the ResNets of models/resnet.py ('resnet10/18/34/50', model.stem
 'cifar' or 'imagenet') and the ViTs of models/vit.py ('vit_tiny/small/base', model.patch_size).
 model.width is the ResNets' base width and the ViTs' head dimension (64 = the published sizes).
+model.batchnorm: the ResNets' BatchNorm implementation (models/batchnorm.py; unused by ViTs).
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ from flax import nnx
 
 from rwl_jax.errors import ConfigError
 from rwl_jax.models.heads import MLP
-from rwl_jax.models import resnet, vit
+from rwl_jax.models import batchnorm, resnet, vit
 from rwl_jax.models.resnet import STEMS, CifarResNet, ResNet, build_resnet
 from rwl_jax.models.vit import VisionTransformer, build_vit
 
 __all__ = ["ENCODERS", "MLP", "STEMS", "CifarResNet", "Network", "ResNet", "VisionTransformer",
-           "build_encoder", "build_network", "build_resnet", "build_vit", "compute_dtype",
-           "is_vit", "validate"]
+           "build_encoder", "build_network", "build_resnet", "build_vit", "check_devices",
+           "compute_dtype", "is_vit", "validate"]
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -59,9 +60,10 @@ def is_vit(encoder: str) -> bool:
 
 def validate(model_config, *, image_size: int) -> None:
   """The model section's values (types are checked against the defaults elsewhere): encoder,
-  width, dtype, and the stem (ResNets) or the patch size dividing image_size (ViTs); one
-  ConfigError line naming the problem."""
+  width, dtype, batchnorm, and the stem (ResNets) or the patch size dividing image_size (ViTs);
+  one ConfigError line naming the problem."""
   compute_dtype(model_config.dtype)
+  batchnorm.check_variant(model_config.batchnorm)
   if model_config.encoder not in ENCODERS:
     raise ConfigError(f"unknown model.encoder {model_config.encoder!r}; choose one of "
                       f"{list(ENCODERS)}")
@@ -76,6 +78,13 @@ def validate(model_config, *, image_size: int) -> None:
                         f"{patch} (the ViT cuts the image into whole patches)")
 
 
+def check_devices(model_config, num_devices: int) -> None:
+  """The model runs on a mesh of num_devices (model.batchnorm='pallas' needs one); one
+  ConfigError line otherwise."""
+  if not is_vit(model_config.encoder):
+    batchnorm.check_devices(model_config.batchnorm, num_devices)
+
+
 def build_encoder(model_config, *, image_size: int, rngs: nnx.Rngs,
                   depth: int | None = None) -> nnx.Module:
   """The encoder model_config names: a ResNet (width, stem) or a ViT (width, patch_size; its
@@ -87,7 +96,7 @@ def build_encoder(model_config, *, image_size: int, rngs: nnx.Rngs,
                      patch_size=model_config.patch_size, image_size=image_size, dtype=dtype,
                      depth=depth, rngs=rngs)
   return build_resnet(model_config.encoder, width=model_config.width, stem=model_config.stem,
-                      dtype=dtype, rngs=rngs)
+                      dtype=dtype, batchnorm_variant=model_config.batchnorm, rngs=rngs)
 
 
 def build_network(model_config, *, seed: int, predictor: bool = False,
