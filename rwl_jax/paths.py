@@ -82,9 +82,9 @@ def read_json_object(path: epath.Path, *, what: str, remedy: str) -> dict:
   try:
     value = json.loads(text)
   except json.JSONDecodeError as error:
-    where = f"{error.msg} at line {error.lineno} column {error.colno}"
-    # An error at the very end: the text stops before the JSON does.
-    cut = error.pos >= len(text.rstrip())
+    where = f"{error.msg}: line {error.lineno} column {error.colno}"
+    # The text stops before the JSON does: an error at its very end, or a string never closed.
+    cut = error.pos >= len(text.rstrip()) or error.msg.startswith("Unterminated string")
     raise DamagedFile(path, f"is cut short ({where})" if cut else f"is not JSON ({where})",
                       remedy) from None
   if not isinstance(value, dict):

@@ -155,7 +155,8 @@ def check_rerun(workdir: epath.Path, config: ml_collections.ConfigDict, *, has_c
     logging.warning("%s %s; this run goes on with this command's settings (%s), and the damaged "
                     "file is set aside when the new one is written", saved_path, damaged.problem,
                     why)
-    return {}
+    # The change accepted cannot be listed field by field; the history says what was accepted.
+    return {CONFIG_NAME: (damaged.problem, "this command's settings")} if has_checkpoint else {}
   changed = differences(config_values(saved), config_values(config))
   if not has_checkpoint:
     return changed  # nothing trained yet: nothing to protect
