@@ -27,7 +27,7 @@ def set_aside_checkpoints(directory: epath.Path) -> list[str]:
   if not directory.is_dir():
     return []
   return sorted((p.name for p in directory.iterdir() if _SET_ASIDE.fullmatch(p.name)),
-                key=lambda name: int(name.split(".")[0]), reverse=True)
+                key=lambda name: (int(name.split(".")[0]), name), reverse=True)
 
 
 def none_readable(directory: epath.Path, aside: list[str]) -> CheckpointDamaged:
