@@ -347,8 +347,9 @@ def export_run(workdir: epath.PathLike, step: int | None = None, fmt: str = "saf
   num_classes = None
   if config.eval.online_probe:
     checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
-    try:
-      saved = checkpointer.saved_shapes(steps[-1] if step is None else step)
+    try:  # the newest checkpoint whose metadata reads (a damaged one is set aside below)
+      saved = next((shapes for shapes in map(checkpointer.saved_shapes, reversed(
+          steps if step is None else [step])) if shapes), {})
     finally:
       checkpointer.close()
     num_classes = saved.get("probe_params/b", (None,))[0]

@@ -412,6 +412,10 @@ DAMAGED = [
                r"damaged\); train again in a new --workdir, or move them out"),
      {"checkpoints/4": "checkpoints/4.unreadable", "checkpoints/2": "checkpoints/2.unreadable"},
      "trained", False),
+    ("export: --step of a damaged checkpoint", ("rwl_jax.export", [OUT, "--step=4"]),
+     lost_metadata(4), ("error", r"checkpoints/4 is damaged: its metadata file is missing; use "
+                                 r"another --step \(have \[2, 4\]\), or leave it out"),
+     None, "trained", False),
     ("export: only checkpoints set aside earlier", EXPORT, set_aside_earlier,
      ("error", r"checkpoints: no checkpoint reads back \(4.unreadable set aside as damaged\)"),
      None, "written", True),

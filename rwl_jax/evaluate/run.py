@@ -20,7 +20,7 @@ from etils import epath
 from rwl_jax import experiment as experiment_lib
 from rwl_jax import metrics, parallel, paths
 from rwl_jax import workdir as workdir_lib
-from rwl_jax.checkpoint import Checkpointer
+from rwl_jax.checkpoint import CheckpointDamaged, Checkpointer
 from rwl_jax.data import inputs
 from rwl_jax.errors import ConfigError
 from rwl_jax.evaluate.evaluators import (DEFAULT_FINETUNE_FRACTIONS, FeatureExtractor,
@@ -102,7 +102,11 @@ def restore_checkpoint(workdir: epath.Path, config: ml_collections.ConfigDict, e
       if step not in steps:
         raise ConfigError(f"no checkpoint at step {step} in {checkpointer.directory} "
                           f"(have {steps})")
-      state = checkpointer.restore(step, experiment.init_state())
+      try:
+        state = checkpointer.restore(step, experiment.init_state())
+      except CheckpointDamaged as damaged:  # asked for by --step: not set aside, not replaced
+        raise CheckpointDamaged(f"{damaged}; use another --step (have {steps}), or leave "
+                                "it out to use the newest that reads back") from None
   finally:
     checkpointer.close()
   return step, state
