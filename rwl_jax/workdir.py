@@ -20,6 +20,7 @@ config.json.unreadable where that is safe (nothing trained yet, or --accept_conf
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import threading
@@ -193,7 +194,7 @@ def record_config(workdir: epath.Path, config: ml_collections.ConfigDict,
          "changes": {name: {"old": old, "new": new} for name, (old, new) in changes.items()}}
   history = workdir / HISTORY_NAME
   earlier = history.read_bytes() if history.exists() else b""
-  if earlier and not earlier.endswith(b"\n"):  # a torn last row: kept, and ours on a line of its own
+  if earlier and not earlier.endswith(b"\n"):  # a torn last row: kept; ours on a line of its own
     logging.warning("%s: its last line is cut short; kept as it is, the new row follows on a line "
                     "of its own", history)
     earlier += b"\n"
@@ -269,9 +270,10 @@ class WorkdirLock:
 
   def _unreadable_for(self) -> float:
     """Seconds since the (unreadable) lock was last written; 0 when that cannot be told."""
+    if paths.url_scheme(self.path) is not None:
+      return math.inf  # an object is written whole: one that does not parse never will
     try:
-      return max(0.0, time.time() - os.path.getmtime(os.fspath(self.path))) if (
-          paths.url_scheme(self.path) is None) else UNREADABLE_LOCK_SECONDS + 1  # written whole
+      return max(0.0, time.time() - os.path.getmtime(os.fspath(self.path)))
     except OSError:
       return 0.0
 
@@ -282,8 +284,10 @@ class WorkdirLock:
       # alive; one just created by a starting run reads back within microseconds, so only a lock
       # that stayed unreadable for seconds is taken over.
       age = self._unreadable_for()
-      return (f"it does not parse as a lock (unchanged for {age:.0f} s)"
-              if age > UNREADABLE_LOCK_SECONDS else None)
+      if age <= UNREADABLE_LOCK_SECONDS:
+        return None
+      return "it does not parse as a lock" + (f" (unchanged for {age:.0f} s)"
+                                              if math.isfinite(age) else "")
     numbers = (holder.get("pid"), holder.get("started"), holder.get("heartbeat"))
     if not (all(isinstance(n, (int, float)) and not isinstance(n, bool) for n in numbers)
             and holder["pid"] > 0 and isinstance(holder.get("host"), str)):

@@ -396,7 +396,8 @@ DAMAGED = [
       r"config.json is cut short .*goes on with this command's settings \(--accept_config_change",
       r"config.json is cut short .*: set aside as config.json.unreadable",
       r"results.json is cut short .*; kept as results.json.unreadable, and this run writes a new",
-      r"metrics.jsonl line \d+ is not a metrics row", r"config_history.jsonl: its last line is cut"),
+      r"metrics.jsonl line \d+ is not a metrics row",
+      r"config_history.jsonl: its last line is cut"),
      {"config.json": "config.json.unreadable", "results.json": "results.json.unreadable",
       "lock": None, "metrics.jsonl": None, "config_history.jsonl": "+"}, "trained", False),
     # Checkpoints: the newest without its metadata or with its arrays cut short is set aside and

@@ -61,10 +61,10 @@ def test_no_checkpoint_left_that_reads_back_is_one_line_not_a_fresh_start(tmp_pa
   """Every checkpoint damaged: starting over would trim the run's metrics.jsonl to nothing and
   overwrite its results, so the run stops with one line naming what was set aside."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from rwl_jax.checkpoint import CheckpointDamaged, Checkpointer  # pylint: disable=g-import-not-at-top
+  from rwl_jax import checkpoint  # pylint: disable=g-import-not-at-top
 
   state = {"w": jnp.arange(4, dtype=jnp.float32)}
-  checkpointer = Checkpointer(tmp_path, keep=5)
+  checkpointer = checkpoint.Checkpointer(tmp_path, keep=5)
   for step in (1, 2):
     checkpointer.save(step, state)
   checkpointer.wait()
@@ -74,10 +74,10 @@ def test_no_checkpoint_left_that_reads_back_is_one_line_not_a_fresh_start(tmp_pa
     (folder / str(step) / "default" / "_METADATA").unlink()
   said = (rf"^{folder}: no checkpoint reads back \(2.unreadable.2, 2.unreadable, 1.unreadable set "
           rf"aside as damaged\); train again in a new --workdir, or move them out of {folder}")
-  with pytest.raises(CheckpointDamaged, match=said):
+  with pytest.raises(checkpoint.CheckpointDamaged, match=said):
     checkpointer.restore_newest_readable(state)
   assert sorted(p.name for p in folder.iterdir()) == ["1.unreadable", "2.unreadable",
                                                       "2.unreadable.2"]
-  with pytest.raises(CheckpointDamaged, match=said):  # and again on the next attempt
+  with pytest.raises(checkpoint.CheckpointDamaged, match=said):  # and again on the next attempt
     checkpointer.restore_newest_readable(state)
   checkpointer.close()

@@ -247,8 +247,8 @@ def test_a_damaged_config_is_set_aside_when_nothing_was_trained(tmp_path, caplog
 
 def test_a_damaged_config_with_checkpoints_needs_accept_config_change(tmp_path):
   config, path, damaged = damaged_config(tmp_path)
-  with pytest.raises(ConfigError, match=r"config.json: is cut short \(.*\); so this rerun cannot be "
-                                        r"checked .*or pass --accept_config_change"):
+  with pytest.raises(ConfigError, match=r"config.json: is cut short \(.*\); so this rerun cannot "
+                                        r"be checked .*or pass --accept_config_change"):
     workdir.check_rerun(path, config, has_checkpoint=True, accept_change=False)
   changes = workdir.check_rerun(path, config, has_checkpoint=True, accept_change=True)
   assert list(changes) == ["config.json"]
