@@ -3,7 +3,8 @@ its real entry point in a subprocess, must end with exactly one `error:` line na
 exit status 2 and no traceback. README's bad-input table lists the same classes.
 
 The fast tier runs one case of each class; the slow tier runs them all (each case is a fresh
-interpreter, ~2 s).
+interpreter, ~2 s). A second table (DAMAGED) feeds the tools that read a workdir damaged copies of
+one: a finished run's text files (fast) or one tiny run trained once per module (slow).
 """
 
 import json
