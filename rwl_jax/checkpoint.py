@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import jax
@@ -16,6 +17,24 @@ from rwl_jax.errors import ConfigError, RunError, first_line
 
 class CheckpointDamaged(RunError):
   """A checkpoint whose files cannot be read back (lost, cut short): damage, not a mismatch."""
+
+
+_SET_ASIDE = re.compile(r"\d+\.unreadable(\.\d+)?")
+
+
+def set_aside_checkpoints(directory: epath.Path) -> list[str]:
+  """The names of the checkpoints in `directory` set aside as unreadable (STEP.unreadable)."""
+  if not directory.is_dir():
+    return []
+  return sorted((p.name for p in directory.iterdir() if _SET_ASIDE.fullmatch(p.name)),
+                key=lambda name: (int(name.split(".")[0]), name), reverse=True)
+
+
+def none_readable(directory: epath.Path, aside: list[str]) -> CheckpointDamaged:
+  """The error of a run whose every checkpoint was set aside as unreadable."""
+  return CheckpointDamaged(
+      f"{directory}: no checkpoint reads back ({', '.join(aside)} set aside as damaged); train "
+      f"again in a new --workdir, or move them out of {directory} to train this run from scratch")
 
 
 def _first_line(error: Exception) -> str:
@@ -77,7 +96,8 @@ class Checkpointer:
                               f"{_first_line(error)}") from None
 
   def restore_newest_readable(self, target: Any) -> tuple[int | None, Any]:
-    """(step, state) from the newest checkpoint that reads back; (None, target) if there is none.
+    """(step, state) from the newest checkpoint that reads back; (None, target) if there is none,
+    and CheckpointDamaged if there are only checkpoints set aside as unreadable.
 
     A damaged newest checkpoint (a file lost or cut short on a failing disk) gets a warning and
     the previous one is used, so a crash during saving never costs more than one interval.
@@ -95,15 +115,19 @@ class Checkpointer:
         problem = _first_line(error)
       if not parallel.any_process(problem is not None):
         return step, restored
-      logging.warning("checkpoint %s/%d is unreadable (%s); kept as %d.unreadable, trying the "
-                      "previous one", self.directory, step,
-                      problem or "on another process", step)
+      kept = "set aside by process 0"
       if jax.process_index() == 0:
         # Set aside, not deleted: the run will save this step again, and the bytes may matter.
-        (self.directory / str(step)).rename(self.directory / f"{step}.unreadable")
+        kept = f"kept as {paths.set_aside(self.directory / str(step)).name}"
+      logging.warning("checkpoint %s/%d is unreadable (%s); %s, trying the previous one",
+                      self.directory, step, problem or "on another process", kept)
       if jax.process_count() > 1:
         multihost_utils.sync_global_devices(f"set aside checkpoint {step}")
       self._manager.reload()
+    # Every checkpoint damaged: starting over would throw the run's history away unasked.
+    aside = set_aside_checkpoints(self.directory)
+    if aside:
+      raise none_readable(self.directory, aside)
     return None, target
 
   def wait(self) -> None:

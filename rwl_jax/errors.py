@@ -17,3 +17,13 @@ def first_line(error: BaseException) -> str:
 
 class RunError(RuntimeError):
   """A run that cannot go on (non-finite loss, interruption); the message says what was kept."""
+
+
+class DamagedFile(ConfigError):
+  """A file of a workdir that does not read back as rwl_jax wrote it (cut short, not JSON, of
+  another version). Its message is one line, `FILE: what is wrong; remedy`; .path and .problem
+  let a caller that knows a better remedy say its own."""
+
+  def __init__(self, path, problem: str, remedy: str):
+    super().__init__(f"{path}: {problem}; {remedy}")
+    self.path, self.problem = path, problem

@@ -313,17 +313,6 @@ def load_encoder(path: epath.PathLike) -> LoadedEncoder:
 # A run's checkpoint -> a file.
 
 
-def _run_config(workdir: epath.Path):
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  from rwl_jax.configs import common  # pylint: disable=g-import-not-at-top
-
-  config_path = workdir / "config.json"
-  if not config_path.is_file():
-    raise ConfigError(f"{config_path} not found: --workdir must be a directory a training run "
-                      "wrote")
-  return ml_collections.ConfigDict(common.with_defaults(json.loads(config_path.read_text())))
-
-
 def export_run(workdir: epath.PathLike, step: int | None = None, fmt: str = "safetensors",
                out: epath.PathLike | None = None) -> epath.Path:
   """Writes the encoder of checkpoint `step` of the run in `workdir` (default: the newest
@@ -332,19 +321,23 @@ def export_run(workdir: epath.PathLike, step: int | None = None, fmt: str = "saf
   the run is restored (format, config, checkpoints, output folder) is checked first."""
   from rwl_jax import experiment as experiment_lib  # pylint: disable=g-import-not-at-top
   from rwl_jax import parallel  # pylint: disable=g-import-not-at-top
-  from rwl_jax.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
+  from rwl_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from rwl_jax.checkpoint import (  # pylint: disable=g-import-not-at-top
+      Checkpointer, none_readable, set_aside_checkpoints)
   from rwl_jax.evaluate.run import restore_checkpoint  # pylint: disable=g-import-not-at-top
 
   if fmt not in FORMATS:
     raise ConfigError(f"unknown --format {fmt!r}; choose one of {list(FORMATS)}")
   workdir = paths.workdir(workdir)
-  config = _run_config(workdir)
+  config = workdir_lib.read_config(workdir)
   if fmt == "torchvision" and models.is_vit(config.model.encoder):
     raise ConfigError(f"--format=torchvision is torchvision's ResNet state dict; {workdir} holds a "
                       f"{config.model.encoder} encoder: use --format=safetensors or msgpack")
   checkpoints = workdir / "checkpoints"
   steps = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()) if (
       checkpoints.is_dir()) else []
+  if not steps and set_aside_checkpoints(checkpoints):
+    raise none_readable(checkpoints, set_aside_checkpoints(checkpoints))
   if not steps:
     raise ConfigError(f"no checkpoint in {checkpoints}: the run has not saved one yet")
   if step is not None and step not in steps:
@@ -357,8 +350,9 @@ def export_run(workdir: epath.PathLike, step: int | None = None, fmt: str = "saf
   num_classes = None
   if config.eval.online_probe:
     checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
-    try:
-      saved = checkpointer.saved_shapes(steps[-1] if step is None else step)
+    try:  # the newest checkpoint whose metadata reads (a damaged one is set aside below)
+      saved = next((shapes for shapes in map(checkpointer.saved_shapes, reversed(
+          steps if step is None else [step])) if shapes), {})
     finally:
       checkpointer.close()
     num_classes = saved.get("probe_params/b", (None,))[0]

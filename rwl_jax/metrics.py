@@ -20,19 +20,30 @@ from absl import logging
 from etils import epath
 
 from rwl_jax import paths
-from rwl_jax.errors import RunError
+from rwl_jax.errors import DamagedFile, RunError
 
 METRICS_FILE = "metrics.jsonl"
+RESULTS_FILE = "results.json"
 # Keys of a metrics.jsonl row that say when it was written, not what was measured.
 ROW_KEYS = ("step", "time", "run_seconds")
 
 
+def _is_number(value: Any) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_row(row: Any) -> bool:
+  return (isinstance(row, dict) and isinstance(row.get("step"), int)
+          and all(_is_number(value) for value in row.values()))
+
+
 def parse_rows(text: str, source: str) -> list[dict[str, Any]]:
-  """The rows of a metrics.jsonl text, in file order; unparsable lines dropped with a warning.
+  """The rows of a metrics.jsonl text, in file order; what is not a row (every value a number,
+  the step an integer) is dropped, with one warning for the file.
 
   A run killed mid-write (SIGKILL, preemption) can leave a truncated last line behind.
   """
-  rows = []
+  rows, skipped = [], []
   for number, line in enumerate(text.splitlines(), start=1):
     if not line.strip():
       continue
@@ -40,19 +51,28 @@ def parse_rows(text: str, source: str) -> list[dict[str, Any]]:
       row = json.loads(line)
     except ValueError:
       row = None
-    if not (isinstance(row, dict) and isinstance(row.get("step"), int)
-            and isinstance(row.get("time"), (int, float))):
-      logging.warning("%s line %d is not a metrics row (a write cut short?); skipped: %.80s",
-                      source, number, line)
+    if not (_is_row(row) and "time" in row):
+      skipped.append((number, line))
       continue
     rows.append(row)
+  if skipped:
+    number, line = skipped[0]
+    more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
+    logging.warning("%s line %d is not a metrics row (a write cut short?)%s; skipped: %.80s",
+                    source, number, more, line)
   return rows
 
 
 def read_rows(path: epath.PathLike) -> list[dict[str, Any]]:
-  """parse_rows of the file at `path` (local or URL)."""
+  """parse_rows of the file at `path` (local or URL); bytes that are not text are part of the
+  lines skipped. DamagedFile when the file cannot be read at all."""
   path = epath.Path(path)
-  return parse_rows(path.read_text(), os.fspath(path))
+  try:
+    data = path.read_bytes()
+  except OSError as error:
+    raise DamagedFile(path, f"cannot be read ({error.strerror or error})", "move it aside (the "
+                      "run's TensorBoard events hold the same scalars)") from None
+  return parse_rows(data.decode("utf-8", errors="replace"), os.fspath(path))
 
 
 def latest_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -200,3 +220,23 @@ def write_results(results: Mapping[str, Any], path: epath.Path) -> None:
     logging.error("results that could not be written:\n%s", text)
     raise RunError(f"{path} cannot be written ({error.strerror or error}); the results are in "
                    "the log above") from None
+
+
+# results.json figures a reader formats as numbers: accuracies (by prefix) and speeds.
+_NUMBER_PREFIXES = ("knn_", "linear_", "online_", "finetune_")
+_NUMBER_FIELDS = ("images_per_second", "seconds_per_epoch", "step_seconds", "data_wait_seconds",
+                  "compile_seconds")
+REWRITE_RESULTS = ("rerun the training command on this --workdir to write it again (it resumes "
+                   "at the newest checkpoint and only evaluates)")
+
+
+def read_results(path: epath.Path, remedy: str = REWRITE_RESULTS) -> dict[str, Any]:
+  """The figures of a results.json (train's or evaluate's); DamagedFile naming it when it is cut
+  short, not JSON, or of another version (a figure that is not a number)."""
+  results = paths.read_json_object(path, what="an object of results", remedy=remedy)
+  for name, value in results.items():
+    if (name.startswith(_NUMBER_PREFIXES) or name in _NUMBER_FIELDS) and not (
+        value is None or _is_number(value)):
+      raise DamagedFile(path, f"{name} is {value!r}, not a number (written by another rwl_jax "
+                        "version, or edited?)", remedy)
+  return results

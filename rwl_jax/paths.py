@@ -7,11 +7,12 @@ URL and reads and writes through the right filesystem (TensorFlow's gfile or fss
 
 from __future__ import annotations
 
+import json
 import os
 
 from etils import epath
 
-from rwl_jax.errors import ConfigError
+from rwl_jax.errors import ConfigError, DamagedFile
 
 URL_SCHEMES = ("gs", "s3", "az", "hf")  # what epath reads and writes
 CHECKPOINT_SCHEMES = ("gs",)  # what Orbax's TensorStore writes besides local files
@@ -62,3 +63,41 @@ def output_file(value: str, flag: str) -> epath.Path:
   except OSError as error:
     raise ConfigError(f"{flag}={value!r}: its folder cannot be made ({error})") from None
   return path
+
+
+def read_json_object(path: epath.Path, *, what: str, remedy: str) -> dict:
+  """The JSON object in the file at `path`; DamagedFile (naming the file, what is wrong with it
+  and `remedy`) when it cannot be read, is cut short, is not JSON or holds no object (`what`
+  says what it should hold)."""
+  try:
+    data = path.read_bytes()
+  except OSError as error:
+    raise DamagedFile(path, f"cannot be read ({error.strerror or error})", remedy) from None
+  if not data.strip():
+    raise DamagedFile(path, "is empty (a write cut short?)", remedy)
+  try:
+    text = data.decode("utf-8")
+  except UnicodeDecodeError as error:
+    raise DamagedFile(path, f"is not text (byte {error.start} is not UTF-8)", remedy) from None
+  try:
+    value = json.loads(text)
+  except json.JSONDecodeError as error:
+    where = f"{error.msg}: line {error.lineno} column {error.colno}"
+    # The text stops before the JSON does: an error at its very end, or a string never closed.
+    cut = error.pos >= len(text.rstrip()) or error.msg.startswith("Unterminated string")
+    raise DamagedFile(path, f"is cut short ({where})" if cut else f"is not JSON ({where})",
+                      remedy) from None
+  if not isinstance(value, dict):
+    raise DamagedFile(path, f"holds a JSON {type(value).__name__}, not {what}", remedy)
+  return value
+
+
+def set_aside(path: epath.Path, label: str = "unreadable") -> epath.Path:
+  """Renames a damaged file or folder to PATH.label (PATH.label.2, ... when that is taken), where
+  no reader looks: kept for its owner, never deleted or overwritten. Returns the new path."""
+  for index in range(1, 1000):
+    aside = path.parent / (f"{path.name}.{label}" + (f".{index}" if index > 1 else ""))
+    if not aside.exists():
+      path.rename(aside)
+      return aside
+  raise OSError(f"{path}: no free name to set it aside as {path.name}.{label}.N")

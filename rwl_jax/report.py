@@ -27,7 +27,6 @@ trimmed on resume.
 from __future__ import annotations
 
 import collections
-import json
 import math
 from typing import Any, Sequence
 
@@ -79,11 +78,14 @@ def load(workdir: epath.PathLike) -> dict[str, Any]:
   rows are metrics.jsonl's (metrics.latest_rows: a replay after a resume counted once).
   """
   workdir = paths.as_path(workdir, "--workdirs")
-  results_path, metrics_path = workdir / "results.json", workdir / metrics.METRICS_FILE
+  if workdir.exists() and not workdir.is_dir():
+    raise ConfigError(f"--workdirs {workdir} is a file, not a run's folder")
+  results_path, metrics_path = workdir / metrics.RESULTS_FILE, workdir / metrics.METRICS_FILE
   for path in (results_path, metrics_path):
-    if not path.is_file():
+    if not path.exists():
       raise ConfigError(f"{path} not found: {workdir} is not a finished run")
-  results = json.loads(results_path.read_text())
+  results = metrics.read_results(results_path, f"{metrics.REWRITE_RESULTS}, or leave it out of "
+                                 "--workdirs")
   rows = metrics.latest_rows(metrics.read_rows(metrics_path))
   if not rows:
     raise ConfigError(f"{metrics_path} has no rows: the run logged nothing readable; rerun it or "

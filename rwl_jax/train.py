@@ -27,9 +27,9 @@ from rwl_jax import loop, parallel, paths
 from rwl_jax import workdir as workdir_lib
 from rwl_jax.checkpoint import Checkpointer
 from rwl_jax.data import inputs
-from rwl_jax.errors import ConfigError, RunError
+from rwl_jax.errors import ConfigError, DamagedFile, RunError
 from rwl_jax.evaluate.evaluators import FeatureExtractor, build_evaluators, run_evaluators
-from rwl_jax.metrics import MetricWriter, write_results
+from rwl_jax.metrics import MetricWriter, read_results, write_results
 
 
 def _median(values: list[float]) -> float | None:
@@ -196,12 +196,16 @@ _SPEED_FIGURES = ("seconds_per_epoch", "images_per_second", "step_seconds", "dat
 
 
 def _keep_measured_speed(results: dict[str, Any], previous: epath.Path) -> None:
-  """A rerun with nothing (or too little) left to train keeps the figures its run measured."""
-  if all(results[name] is not None for name in _SPEED_FIGURES) or not previous.is_file():
+  """A rerun with nothing (or too little) left to train keeps the figures its run measured. A
+  previous results.json that does not read back is set aside (process 0), not overwritten."""
+  if not previous.exists():
     return
   try:
-    earlier = json.loads(previous.read_text())
-  except (OSError, ValueError):
+    earlier = read_results(previous)
+  except DamagedFile as damaged:
+    kept = paths.set_aside(previous).name if jax.process_index() == 0 else "set aside"
+    logging.warning("%s %s; kept as %s, and this run writes a new one", previous,
+                    damaged.problem, kept)
     return
   for name in _SPEED_FIGURES:
     if results[name] is None and earlier.get(name) is not None:

@@ -119,11 +119,21 @@ def test_latest_rows_keeps_the_replay_not_the_attempt_that_died():
 
 def test_parse_rows_skips_what_is_not_a_row(caplog):
   text = ('{"step": 1, "time": 1.0}\n\n[1, 2]\n{"time": 3.0}\n'
-          '{"step": 2, "time": 2.0, "x": NaN}\n{"st')
+          '{"step": 2, "time": 2.0, "x": NaN}\n{"step": 3, "time": 3.0, "x": "high"}\n{"st')
   with caplog.at_level(logging.WARNING):
     rows = metrics.parse_rows(text, "metrics.jsonl")
   assert [row["step"] for row in rows] == [1, 2]
-  assert caplog.text.count("is not a metrics row") == 3
+  # One warning for the file, however many lines: a file of garbage is not a page of warnings.
+  assert [r.getMessage()[:60] for r in caplog.records] == [
+      "metrics.jsonl line 3 is not a metrics row (a write cut short?) (and 3 more)"[:60]]
+  assert "(and 3 more)" in caplog.text
+
+
+def test_read_rows_of_bytes_that_are_not_text(tmp_path, caplog):
+  (tmp_path / "metrics.jsonl").write_bytes(b'{"step": 1, "time": 1.0}\n\xff\xfe\x00garbage\n')
+  with caplog.at_level(logging.WARNING):
+    rows = metrics.read_rows(tmp_path / "metrics.jsonl")
+  assert rows == [{"step": 1, "time": 1.0}] and "line 2 is not a metrics row" in caplog.text
 
 
 def test_trims_a_gs_workdir_through_epath(tmp_path, clock):

@@ -188,3 +188,109 @@ def test_two_runs_started_together_one_trains_the_other_stops(cifar_dir, tmp_pat
   steps = [row["step"] for row in rows if "loss" in row]
   assert steps == [1, 2, 3]  # one run's rows, no duplicates
   assert not (tmp_path / "work" / "lock").exists()
+
+
+def test_a_lock_of_garbage_left_long_ago_is_taken_over(tmp_path, caplog):
+  (tmp_path / "lock").write_bytes(b"\x00\x00garbage")
+  old = time.time() - 60
+  os.utime(tmp_path / "lock", (old, old))
+  lock = workdir.WorkdirLock(epath.Path(tmp_path))
+  with caplog.at_level(logging.WARNING):
+    lock.acquire()
+  try:
+    assert [r.getMessage() for r in caplog.records if "taking over" in r.getMessage()] == [
+        f"taking over the lock of {tmp_path}: it does not parse as a lock (unchanged for 60 s)"]
+    assert json.loads((tmp_path / "lock").read_text())["pid"] == os.getpid()
+  finally:
+    lock.release()
+
+
+@pytest.mark.parametrize("holder", [{"host": socket.gethostname()},  # no pid: not "pid -1"
+                                    {"pid": "x", "host": "h", "started": 0, "heartbeat": 0}, [1]])
+def test_a_lock_naming_no_holder_is_taken_over(tmp_path, holder):
+  (tmp_path / "lock").write_text(json.dumps(holder))
+  old = time.time() - 60
+  os.utime(tmp_path / "lock", (old, old))
+  lock = workdir.WorkdirLock(epath.Path(tmp_path))
+  lock.acquire()
+  lock.release()
+  assert not (tmp_path / "lock").exists()
+
+
+def test_a_lock_being_written_now_is_not_taken_over(tmp_path, monkeypatch):
+  """A starting run creates its lock, then writes it: empty for an instant. That is not garbage."""
+  (tmp_path / "lock").write_bytes(b"")
+  monkeypatch.setattr(workdir.time, "sleep", lambda seconds: None)
+  with pytest.raises(ConfigError, match=r"lock: could not be taken \(another run is starting"):
+    workdir.WorkdirLock(epath.Path(tmp_path)).acquire()
+  assert (tmp_path / "lock").read_bytes() == b""
+
+
+def damaged_config(tmp_path):
+  config = tiny_config("data", "cache")
+  text = config.to_json_best_effort(indent=2)
+  (tmp_path / "config.json").write_text(text[:len(text) // 3])
+  return config, epath.Path(tmp_path), text[:len(text) // 3]
+
+
+def test_a_damaged_config_is_set_aside_when_nothing_was_trained(tmp_path, caplog):
+  config, path, damaged = damaged_config(tmp_path)
+  with caplog.at_level(logging.WARNING):
+    assert workdir.check_rerun(path, config, has_checkpoint=False, accept_change=False) == {}
+  assert "nothing was trained yet" in caplog.text
+  assert (tmp_path / "config.json").read_text() == damaged  # checking writes nothing
+  workdir.record_config(path, config, {}, 0)
+  assert (tmp_path / "config.json.unreadable").read_text() == damaged
+  assert json.loads((tmp_path / "config.json").read_text())["method"] == "rwl"
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "config.json.unreadable"]
+
+
+def test_a_damaged_config_with_checkpoints_needs_accept_config_change(tmp_path):
+  config, path, damaged = damaged_config(tmp_path)
+  with pytest.raises(ConfigError, match=r"config.json: is cut short \(.*\); so this rerun cannot "
+                                        r"be checked .*or pass --accept_config_change"):
+    workdir.check_rerun(path, config, has_checkpoint=True, accept_change=False)
+  changes = workdir.check_rerun(path, config, has_checkpoint=True, accept_change=True)
+  assert list(changes) == ["config.json"]
+  workdir.record_config(path, config, changes, 40)
+  workdir.record_config(path, config, changes, 40)  # a second set-aside takes a new name
+  assert (tmp_path / "config.json.unreadable").read_text() == damaged
+  assert not (tmp_path / "config.json.unreadable.2").exists()  # the second config.json was whole
+  row = json.loads((tmp_path / workdir.HISTORY_NAME).read_text().splitlines()[0])
+  assert row["changes"]["config.json"]["new"] == "this command's settings"
+
+
+def test_history_with_a_torn_last_line_is_kept_and_appended_to(tmp_path, caplog):
+  config = tiny_config("data", "cache")
+  (tmp_path / workdir.HISTORY_NAME).write_bytes(b'{"time": "x", "step": 4, "cha\xff')
+  with caplog.at_level(logging.WARNING):
+    workdir.record_config(epath.Path(tmp_path), config, {"num_epochs": (2, 3)}, 8)
+  assert "its last line is cut short" in caplog.text
+  lines = (tmp_path / workdir.HISTORY_NAME).read_bytes().split(b"\n")
+  assert lines[0] == b'{"time": "x", "step": 4, "cha\xff' and json.loads(lines[1])["step"] == 8
+
+
+@pytest.mark.parametrize("text, said", [
+    ("", r"config.json: is empty \(a write cut short\?\)"),
+    ('{"method": "rwl", "model": {"wid', r"config.json: is cut short \(Unterminated string"),
+    ('{"method": "rwl",, }', r"config.json: is not JSON \(Expecting property name"),
+    ("[1, 2]", r"config.json: holds a JSON list, not a config"),
+    ('{"model": "resnet18"}', r"config.json: not a config this rwl_jax can use \(model must be a "
+                              r"section of fields, got 'resnet18'\); it was written by another"),
+    ('{"method": "moco"}', r"config.json: not a config this rwl_jax can use \(unknown method"),
+])
+def test_read_config_names_the_file_and_what_is_wrong(tmp_path, text, said):
+  (tmp_path / "config.json").write_text(text)
+  with pytest.raises(ConfigError, match=said) as error:
+    workdir.read_config(epath.Path(tmp_path))
+  assert "\n" not in str(error.value)
+  assert (tmp_path / "config.json").read_text() == text
+
+
+def test_read_config_of_a_newer_rwl_jax_warns_of_unknown_settings(tmp_path, caplog):
+  saved = json.loads(tiny_config("data", "cache").to_json_best_effort())
+  saved["model"]["future_knob"] = 3
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  with caplog.at_level(logging.WARNING):
+    config = workdir.read_config(epath.Path(tmp_path))
+  assert config.model.width == 8 and "does not know, ignored: model.future_knob" in caplog.text

@@ -10,7 +10,6 @@ rebuilt through the same experiment builder as training, so it restores into the
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any
 
 import jax
@@ -20,8 +19,8 @@ from etils import epath
 
 from rwl_jax import experiment as experiment_lib
 from rwl_jax import metrics, parallel, paths
-from rwl_jax.checkpoint import Checkpointer
-from rwl_jax.configs import common
+from rwl_jax import workdir as workdir_lib
+from rwl_jax.checkpoint import CheckpointDamaged, Checkpointer
 from rwl_jax.data import inputs
 from rwl_jax.errors import ConfigError
 from rwl_jax.evaluate.evaluators import (DEFAULT_FINETUNE_FRACTIONS, FeatureExtractor,
@@ -75,10 +74,7 @@ def load_run(workdir: epath.PathLike, step: int | None = None, eval_image_dir: s
   eval_image_dir, if given, replaces the run's data.eval_image_dir (a labelled folder to
   evaluate on, e.g. for a run trained on unlabelled images)."""
   workdir = paths.workdir(workdir)
-  config_path = workdir / "config.json"
-  if not config_path.is_file():
-    raise ConfigError(f"{config_path} not found: --workdir must be a directory a training run wrote")
-  config = ml_collections.ConfigDict(common.with_defaults(json.loads(config_path.read_text())))
+  config = workdir_lib.read_config(workdir)
   if eval_image_dir:
     config.data.eval_image_dir = eval_image_dir
   data = inputs.load_data(config)
@@ -99,13 +95,18 @@ def restore_checkpoint(workdir: epath.Path, config: ml_collections.ConfigDict, e
     if step is None:
       step, state = checkpointer.restore_newest_readable(experiment.init_state())
       if step is None:
-        raise ConfigError(f"no readable checkpoint in {checkpointer.directory}")
+        raise ConfigError(f"no checkpoint in {checkpointer.directory}: the run has not saved one "
+                          "yet")
     else:
       steps = checkpointer.all_steps()
       if step not in steps:
         raise ConfigError(f"no checkpoint at step {step} in {checkpointer.directory} "
                           f"(have {steps})")
-      state = checkpointer.restore(step, experiment.init_state())
+      try:
+        state = checkpointer.restore(step, experiment.init_state())
+      except CheckpointDamaged as damaged:  # asked for by --step: not set aside, not replaced
+        raise CheckpointDamaged(f"{damaged}; use another --step (have {steps}), or leave "
+                                "it out to use the newest that reads back") from None
   finally:
     checkpointer.close()
   return step, state
