@@ -31,6 +31,7 @@ import math
 from typing import Any, Sequence
 
 from absl import flags
+from absl import logging
 from etils import epath
 
 from rwl_jax import cli, metrics, paths, tables
@@ -81,11 +82,17 @@ def load(workdir: epath.PathLike) -> dict[str, Any]:
   if workdir.exists() and not workdir.is_dir():
     raise ConfigError(f"--workdirs {workdir} is a file, not a run's folder")
   results_path, metrics_path = workdir / metrics.RESULTS_FILE, workdir / metrics.METRICS_FILE
-  for path in (results_path, metrics_path):
+  finished = results_path.exists()
+  for path in (results_path, metrics_path) if finished else (metrics_path,):
     if not path.exists():
       raise ConfigError(f"{path} not found: {workdir} is not a finished run")
-  results = metrics.read_results(results_path, f"{metrics.REWRITE_RESULTS}, or leave it out of "
-                                 "--workdirs")
+  if finished:
+    results = metrics.read_results(results_path, f"{metrics.REWRITE_RESULTS}, or leave it out of "
+                                   "--workdirs")
+  else:  # a run in progress, or one stopped before its final evaluation: its curve still counts
+    logging.warning("%s not found: %s has not finished; its row and curve come from %s alone",
+                    results_path, workdir, metrics.METRICS_FILE)
+    results = {}
   rows = metrics.latest_rows(metrics.read_rows(metrics_path))
   if not rows:
     raise ConfigError(f"{metrics_path} has no rows: the run logged nothing readable; rerun it or "
@@ -94,7 +101,8 @@ def load(workdir: epath.PathLike) -> dict[str, Any]:
   start = metrics.run_seconds(first, first)
   curve = [((metrics.run_seconds(row, first) - start) / 60, row["step"], row["knn_top1"])
            for row in rows if "knn_top1" in row]
-  return {"name": workdir.name, "results": results, "rows": rows, "knn_curve": curve}
+  return {"name": workdir.name, "results": results, "rows": rows, "knn_curve": curve,
+          "finished": finished}
 
 
 def series(run: dict[str, Any], name: str) -> tuple[list[int], list[float]]:
@@ -110,8 +118,9 @@ def markdown_table(runs: Sequence[dict[str, Any]]) -> str:
     value = run["results"].get(key)
     return f"{scale * value:.{digits}f}" if value is not None else "n/a"
 
-  def curve(run):
-    return ", ".join(f"{step}: {100 * knn:.1f}" for _, step, knn in run["knn_curve"][:-1]) or "-"
+  def curve(run):  # a finished run's last point is its final evaluation, in its own columns
+    points = run["knn_curve"][:-1] if run["finished"] else run["knn_curve"]
+    return ", ".join(f"{step}: {100 * knn:.1f}" for _, step, knn in points) or "-"
 
   def present(key):
     return any(run["results"].get(key) is not None for run in runs)
@@ -162,8 +171,8 @@ def _save(fig, path: str, flag: str) -> None:
 
 
 def _label(run: dict[str, Any]) -> str:
-  method = run["results"].get("method", "?")
-  return run["name"] if run["name"] == method else f"{run['name']} ({method})"
+  method = run["results"].get("method")
+  return run["name"] if method in (None, run["name"]) else f"{run['name']} ({method})"
 
 
 def plot(runs: Sequence[dict[str, Any]], path: str, title: str) -> None:

@@ -107,6 +107,24 @@ def test_empty_metrics_file(tmp_path):
   assert "\n" not in str(error.value)
 
 
+def test_a_run_without_results_is_reported_from_its_metrics(tmp_path, caplog):
+  """A run in progress (or stopped before its final evaluation) has metrics.jsonl only: its row
+  says what it does not know, and its whole kNN curve is drawn, the last point included."""
+  finished = fake_run(tmp_path / "done", "rwl", 0.0, [(0, 0.1), (2, 0.3), (4, 0.4)])
+  running = fake_run(tmp_path / "running", "simclr", 0.0, [(0, 0.1), (3, 0.35)])
+  (running / "results.json").unlink()
+  runs = [report.load(finished), report.load(running)]
+  assert [run["finished"] for run in runs] == [True, False]
+  assert "running/results.json not found" in caplog.text and "has not finished" in caplog.text
+  table = report.markdown_table(runs).splitlines()
+  assert table[2].startswith("| done | rwl | 3 | 40.0 |")
+  assert table[2].endswith("| 0: 10.0, 10: 30.0 |")
+  assert table[3].startswith("| running | ? | ? | n/a |")
+  assert table[3].endswith("| 0: 10.0, 10: 35.0 |")
+  assert report.plot(runs, str(tmp_path / "p.png"), "t") is None
+  assert (tmp_path / "p.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
 def test_not_a_run(tmp_path):
   with pytest.raises(ConfigError, match="is not a finished run"):
     report.load(tmp_path)
