@@ -1,6 +1,6 @@
 """The bad-input sweep: every command-line tool of the package, fed a table of mistakes through
 its real entry point in a subprocess, must end with exactly one `error:` line naming the problem,
-exit status 2 and no traceback. README's bad-input table lists the same classes.
+exit status 2 and no traceback. docs/reliability.md's bad-input table lists the same classes.
 
 The fast tier runs one case of each class; the slow tier runs them all (each case is a fresh
 interpreter, ~2 s). A second table (DAMAGED) feeds the tools that read a workdir damaged copies of

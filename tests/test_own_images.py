@@ -225,7 +225,7 @@ def mixed_unlabelled_folder(root, count=40):
 
 @pytest.mark.slow
 def test_own_unlabelled_folder_end_to_end(tmp_path):
-  """The README's first command on arbitrary-size, mixed-mode unlabelled images (host path):
+  """docs/own_data.md's first command on arbitrary-size, mixed-mode unlabelled images (host path):
   it trains, says once per split what it converted and skipped and that evaluation is off,
   writes results.json without accuracies; evaluate says why it cannot, then evaluates on a
   labelled folder when given one."""
