@@ -116,8 +116,26 @@ class Failure(Exception):
     self.status = status
 
 
-def _pool(workers: int | None = None) -> concurrent.futures.ProcessPoolExecutor:
-  return concurrent.futures.ProcessPoolExecutor(max(1, workers or os.cpu_count() or 1))
+class _InProcess:
+  """A pool of one: map in this process."""
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    return None
+
+  def map(self, fn, items, chunksize: int = 1):
+    del chunksize
+    return map(fn, items)
+
+
+def _pool(workers: int | None = None):
+  """Forked worker processes (0 or None: one per core), or this process for one worker. The
+  script runs no threads of its own, so forking it is safe; a caller that does run threads (a
+  test process that has imported JAX) passes workers=1, since a fork of it can deadlock."""
+  count = max(1, workers or os.cpu_count() or 1)
+  return _InProcess() if count == 1 else concurrent.futures.ProcessPoolExecutor(count)
 
 
 # ---- Packing: PNG copy -> two WebP-lossless parts ----------------------------------------------
@@ -557,7 +575,7 @@ def prepare(args) -> None:
   if folders:
     print(f"reusing the parts in {args.parts} (their checksums hold; --repack to make them again)")
   else:
-    folders = pack(args.source, args.parts, max_part_mib=args.max_part_mib)
+    folders = pack(args.source, args.parts, max_part_mib=args.max_part_mib, workers=args.workers)
   sizes = [_tree_bytes([f]) for f in folders]
   print(f"parts ready in {time.monotonic() - began:.0f} s: " + ", ".join(
       f"{f.name} {s / 2**20:.1f} MiB" for f, s in zip(folders, sizes)))
@@ -602,6 +620,8 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
   prep.add_argument("--no-wheels", dest="wheels_download", action="store_false",
                     help="do not download the wheels")
   prep.add_argument("--max-part-mib", type=float, default=MAX_PART_MIB)
+  prep.add_argument("--workers", type=int, default=0,
+                    help="processes that encode the images (0 = one per core)")
   prep.add_argument("--repack", action="store_true",
                     help="make the parts again even where intact ones are there")
   for name, summary in (("stage1", "call 1: wheels, part 0, the benchmark variants"),

@@ -136,16 +136,19 @@ def test_prepare_prints_the_two_calls_with_their_carry_lists(cifar_dir, tmp_path
   source = small_copy(cifar_dir, tmp_path / "png", {"train": 2, "test": 1})
   parts = REPO / ".data" / f"test-gpu-parts-{os.getpid()}"  # ignored by git, as carried paths must be
   try:
-    assert gpu_check.main(["prepare", f"--source={source}", f"--parts={parts}", "--no-wheels"]) == 0
+    assert gpu_check.main(["prepare", f"--source={source}", f"--parts={parts}", "--no-wheels",
+                           "--workers=1"]) == 0
     printed = capsys.readouterr().out
     # Again: the intact parts are kept, not made again; a damaged one is made again.
     made = (parts / "part1" / gpu_check.BLOB_NAME).stat().st_mtime_ns
-    assert gpu_check.main(["prepare", f"--source={source}", f"--parts={parts}", "--no-wheels"]) == 0
+    assert gpu_check.main(["prepare", f"--source={source}", f"--parts={parts}", "--no-wheels",
+                           "--workers=1"]) == 0
     assert "reusing the parts" in capsys.readouterr().out
     assert (parts / "part1" / gpu_check.BLOB_NAME).stat().st_mtime_ns == made
     with (parts / "part1" / gpu_check.BLOB_NAME).open("ab") as blob:
       blob.write(b"x")
-    assert gpu_check.main(["prepare", f"--source={source}", f"--parts={parts}", "--no-wheels"]) == 0
+    assert gpu_check.main(["prepare", f"--source={source}", f"--parts={parts}", "--no-wheels",
+                           "--workers=1"]) == 0
     assert "reusing" not in capsys.readouterr().out
     assert gpu_check.unpack_part(parts / "part1", 1, tmp_path / "images", workers=1)
   finally:
@@ -160,7 +163,7 @@ def test_prepare_prints_the_two_calls_with_their_carry_lists(cifar_dir, tmp_path
 
 def test_prepare_refuses_parts_that_cannot_be_carried_before_packing(tmp_path, capsys):
   status = gpu_check.main(["prepare", f"--source={tmp_path}", f"--parts={tmp_path / 'parts'}",
-                           "--no-wheels"])
+                           "--no-wheels", "--workers=1"])
   error = capsys.readouterr().err
   assert status == 2 and error.count("\n") == 1 and "outside the repository" in error
   assert not (tmp_path / "parts").exists()
