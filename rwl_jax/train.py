@@ -51,7 +51,8 @@ def make_hooks(config: ml_collections.ConfigDict, experiment, data: inputs.Proce
   if config.eval.probe_batch_size:
     probe = inputs.probe_images(data, config.eval.probe_batch_size, experiment.mesh)
     hooks.append(hooks_lib.ProbeDiagnostics(every_log, probe))
-  hooks.append(hooks_lib.Progress(every_log))
+  progress = hooks_lib.Progress(every_log)
+  hooks.append(progress)
   hooks.append(hooks_lib.Checkpoint(hooks_lib.Schedule(
       every_epochs=config.checkpoint_every_epochs, at_end=True), checkpointer))
   if any(evaluator.every_epochs for evaluator in evaluators):
@@ -59,6 +60,7 @@ def make_hooks(config: ml_collections.ConfigDict, experiment, data: inputs.Proce
   if config.profile.start_step:
     hooks.append(hooks_lib.Profile(config.profile.start_step, config.profile.num_steps,
                                    workdir / "profile"))
+  progress.watch(hooks)  # its ETA foresees their calls
   return hooks
 
 
@@ -174,8 +176,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.PathLik
       writer.write_scalars(0, {"compile_seconds": compile_seconds})
       knn = [e for e in evaluators if e.name == "knn" and e.every_epochs]
       if knn:  # the untrained network's kNN: the origin of the accuracy-against-time curve
-        writer.write_scalars(0, run_evaluators(knn, extractor, state))
+        with context.timer.hook(hooks_lib.Evaluate.name):  # the ETA's first evaluation time
+          writer.write_scalars(0, run_evaluators(knn, extractor, state))
     log.start(step, context.timer, steps_per_epoch=experiment.steps_per_epoch)
+    _find(hooks, hooks_lib.Progress).start(step)
     try:
       state = loop.run(context, step_fn, train_inputs.epoch_inputs, hooks, signals)
     except (loop.StopRequested, KeyboardInterrupt) as stop:
