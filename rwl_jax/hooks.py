@@ -115,7 +115,8 @@ class LogMetrics(Hook):
 
   Timing of a window (since the previous log step): step_seconds = (wall time - timed hooks) /
   steps, images_per_second = batch / step_seconds, data_wait_seconds = time blocked on the input
-  iterator per step (included in step_seconds: it is time the run spent not stepping). Raises
+  iterator per step (included in step_seconds: it is time the run spent not stepping),
+  hook_seconds = the window's time in timed hooks (diagnostics, evaluation, checkpoint). Raises
   RunError on a non-finite loss, before any later hook can checkpoint that state.
   """
 
@@ -161,7 +162,8 @@ class LogMetrics(Hook):
     timer = context.timer
     training = timer.training_seconds()
     window = {"step_seconds": training / steps, "data_wait_seconds": timer.data_wait / steps,
-              "images_per_second": steps * context.batch_size / training}
+              "images_per_second": steps * context.batch_size / training,
+              "hook_seconds": sum(timer.hooks.values())}
     self.windows.append({**window, "first_step": self.window_first_step, "steps": steps})
     scalars = {"loss": averages.pop("loss"),
                "learning_rate": context.experiment.learning_rate(context.step),

@@ -2,15 +2,17 @@
 
     features = FeatureExtractor(experiment, data)       # the experiment's jitted feature function
     evaluators = build_evaluators(config, num_classes)
-    compile_evaluation(evaluators, features, abstract_state)  # optional: ahead of time, once
+    for task in compile_tasks(evaluators, features, abstract_state).values():
+      task()                                             # optional: ahead of time, once
     for evaluator in evaluators:
       scalars = evaluator(features.of(state), state)     # {'knn_top1': ..., 'knn_top5': ...}
 
 The features of a state are extracted once and shared by every evaluator due at that moment.
 Every program an evaluation runs (the feature function, the kNN sweep, the linear probe, the
 online probe's count) has one shape all run long (the last batch of a split is padded and
-masked, the bank is the whole split), so it compiles once per run; compile_evaluation compiles
-them ahead of time (train does, before the loop), and an evaluation then costs its forward pass.
+masked, the bank is the whole split), so it compiles once per run; compile_tasks compiles them
+ahead of time (train does, before the loop, on threads), and an evaluation then costs its forward
+pass.
 The fine-tuning evaluator (eval.finetune_fractions) ignores the features: it is built with the
 experiment and the labelled splits and trains a copy of the state's encoder on images.
 """
@@ -18,7 +20,6 @@ experiment and the labelled splits and trains a copy of the state's encoder on i
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Any, Callable, Protocol
 
 import jax
@@ -348,12 +349,3 @@ def compile_tasks(evaluators, extractor: FeatureExtractor, state) -> dict[str, C
   tasks.update({e.name: (lambda e=e: e.compile(features, state)) for e in evaluators})
   return tasks
 
-
-def compile_evaluation(evaluators, extractor: FeatureExtractor, state) -> dict[str, float]:
-  """Runs compile_tasks one after another, before any evaluation; {name: seconds}."""
-  seconds = {}
-  for name, task in compile_tasks(evaluators, extractor, state).items():
-    start = time.perf_counter()
-    task()
-    seconds[name] = time.perf_counter() - start
-  return seconds
