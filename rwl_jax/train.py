@@ -141,8 +141,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.PathLik
     # loop, and the first evaluation costs its forward pass.
     compile_start = time.perf_counter()
     ahead = _compile_tasks(experiment, extractor, evaluators, hooks)
-    with concurrent.futures.ThreadPoolExecutor(max(1, min(len(ahead), os.cpu_count() or 1)),
-                                               thread_name_prefix="compile") as pool:
+    # One core stays with the main thread (init, restore, step); on 2 cores the rest compile one
+    # after another on one thread beside it.
+    workers = max(1, min(len(ahead), (os.cpu_count() or 2) - 1))
+    with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="compile") as pool:
       compiling = {name: pool.submit(_timed, task) for name, task in ahead.items()}
       resumed_step, state = checkpointer.restore_newest_readable(experiment.init_state())
       step = int(parallel.fetch(state.step))
