@@ -21,8 +21,8 @@ Minibatches: each epoch draws a permutation of the N train rows from
 jax.random.fold_in(PRNGKey(seed), epoch), padded to steps * B with steps = ceil(N / B). The
 padded slots carry mask 0 and the loss is the masked mean, so every row is used exactly once
 per epoch and the last partial batch is neither dropped nor filled with repeats. An epoch is one
-jax.lax.scan over its steps; all epochs, and the standardisation and the test count around them, run inside one jitted
-function.
+jax.lax.scan over its steps; all epochs, with the standardisation and the test count around them,
+run inside one jitted function.
 """
 
 from __future__ import annotations
@@ -130,8 +130,8 @@ def _check_setting(caller, epochs, batch_size, learning_rate, weight_decay, seed
 
 
 def _scalars(seed, learning_rate, weight_decay) -> tuple[np.ndarray, ...]:
-  """The traced settings as the arrays the program takes (a seed in [0, 2**31), as configs are;
-  PRNGKey of an int32 is the key of that int)."""
+  """The traced settings as the arrays the program takes (PRNGKey of an int32 seed is the key of
+  that int, as PRNGKey of the Python int was)."""
   return np.int32(seed), np.float32(learning_rate), np.float32(weight_decay)
 
 
