@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import jax
 import numpy as np
@@ -40,31 +40,38 @@ class Schedule:
 
 
 class WindowTimer:
-  """Splits the wall time of a logging window into steps, data wait and timed hooks."""
+  """Splits the wall time of a logging window into steps, data wait and timed hooks, and keeps
+  each timed hook's calls and seconds over the whole run (for the ETA). clock: seconds, e.g. a
+  fake one in tests."""
 
-  def __init__(self):
+  def __init__(self, clock: Callable[[], float] = time.perf_counter):
+    self.clock = clock
+    self.hook_totals: dict[str, tuple[int, float]] = {}  # name -> (calls, seconds), all run
     self.restart()
 
   def restart(self) -> None:
-    self.window_start = time.perf_counter()
+    self.window_start = self.clock()
     self.data_wait = 0.0
     self.hooks: dict[str, float] = {}
 
   @contextlib.contextmanager
   def waiting_for_data(self) -> Iterator[None]:
-    start = time.perf_counter()
+    start = self.clock()
     yield
-    self.data_wait += time.perf_counter() - start
+    self.data_wait += self.clock() - start
 
   @contextlib.contextmanager
   def hook(self, name: str) -> Iterator[None]:
-    start = time.perf_counter()
+    start = self.clock()
     yield
-    self.hooks[name] = self.hooks.get(name, 0.0) + time.perf_counter() - start
+    seconds = self.clock() - start
+    self.hooks[name] = self.hooks.get(name, 0.0) + seconds
+    calls, total = self.hook_totals.get(name, (0, 0.0))
+    self.hook_totals[name] = (calls + 1, total + seconds)
 
   def training_seconds(self) -> float:
     """Wall time of the window so far, less the timed hooks: steps and data wait."""
-    return time.perf_counter() - self.window_start - sum(self.hooks.values())
+    return self.clock() - self.window_start - sum(self.hooks.values())
 
 
 @dataclasses.dataclass
@@ -108,7 +115,8 @@ class LogMetrics(Hook):
 
   Timing of a window (since the previous log step): step_seconds = (wall time - timed hooks) /
   steps, images_per_second = batch / step_seconds, data_wait_seconds = time blocked on the input
-  iterator per step (included in step_seconds: it is time the run spent not stepping). Raises
+  iterator per step (included in step_seconds: it is time the run spent not stepping),
+  hook_seconds = the window's time in timed hooks (diagnostics, evaluation, checkpoint). Raises
   RunError on a non-finite loss, before any later hook can checkpoint that state.
   """
 
@@ -154,7 +162,8 @@ class LogMetrics(Hook):
     timer = context.timer
     training = timer.training_seconds()
     window = {"step_seconds": training / steps, "data_wait_seconds": timer.data_wait / steps,
-              "images_per_second": steps * context.batch_size / training}
+              "images_per_second": steps * context.batch_size / training,
+              "hook_seconds": sum(timer.hooks.values())}
     self.windows.append({**window, "first_step": self.window_first_step, "steps": steps})
     scalars = {"loss": averages.pop("loss"),
                "learning_rate": context.experiment.learning_rate(context.step),
@@ -171,20 +180,70 @@ class LogMetrics(Hook):
 
 
 class Progress(Hook):
-  """One log line per log step: epoch, step, the latest scalars and the time left (ETA)."""
+  """One log line per log step: epoch, step, the latest scalars and the time left (ETA).
+
+  ETA = steps left x seconds per step (the training windows' mean since the first, steps and
+  data wait only) + for each timed hook (evaluation, checkpoint, diagnostics) its calls left x
+  its mean seconds per call so far. So an evaluation is foreseen, not a jump in the step time;
+  a hook not yet run counts 0 until its first call. The evaluation after the loop is not in it.
+  """
 
   name = "progress"
 
   def __init__(self, schedule: Schedule):
     super().__init__(schedule)
+    self.timed_hooks: list[tuple[Hook, bool]] = []  # (hook, runs after this one)
+    self.shown: list[tuple[int, float]] = []  # (step, ETA seconds) of every line
+    self._windows: list[tuple[int, float]] = []  # (steps, training seconds) of each window
+    self._last_step: int | None = None
+
+  def watch(self, hooks: list[Hook]) -> "Progress":
+    """The timed hooks whose remaining calls the ETA counts (the loop's hook list, in order: a
+    hook after this one that is due at this step is still to come)."""
+    after = hooks.index(self) if self in hooks else len(hooks)
+    self.timed_hooks = [(hook, index > after) for index, hook in enumerate(hooks) if hook.timed]
+    return self
+
+  def eta(self, context: Context) -> float:
+    experiment, scalars = context.experiment, context.latest
+    if self._last_step is not None and "step_seconds" in scalars and context.step > self._last_step:
+      steps = context.step - self._last_step
+      self._windows.append((steps, steps * scalars["step_seconds"]))
+    self._last_step = context.step
+    # The first window after a (re)start holds the first step's warm-up: left out once others exist.
+    windows = self._windows[1:] or self._windows
+    if not windows:
+      return float("nan")
+    per_step = sum(seconds for _, seconds in windows) / sum(steps for steps, _ in windows)
+    spe, num_steps = experiment.steps_per_epoch, experiment.num_steps
+    left = (num_steps - context.step) * per_step
+    for hook, still_due_now in self.timed_hooks:
+      calls, seconds = context.timer.hook_totals.get(hook.name, (0, 0.0))
+      if calls:
+        from_step = context.step - 1 if still_due_now else context.step
+        left += calls_left(hook.schedule, from_step, spe, num_steps) * seconds / calls
+    return left
+
+  def start(self, step: int) -> None:
+    """The run (re)starts at `step`: the next log step closes the first window."""
+    self._last_step = step
 
   def __call__(self, context: Context) -> None:
     experiment, scalars = context.experiment, context.latest
-    left = experiment.num_steps - context.step
-    eta = left * scalars["step_seconds"] if "step_seconds" in scalars else float("nan")
+    eta = self.eta(context)
+    self.shown.append((context.step, eta))
     shown = " ".join(f"{name} {value:.4g}" for name, value in scalars.items())
     logging.info("epoch %d/%d step %d/%d %s eta %s", context.epoch, experiment.config.num_epochs,
                  context.step, experiment.num_steps, shown, _clock(eta))
+
+
+def calls_left(schedule: Schedule, step: int, steps_per_epoch: int, num_steps: int) -> int:
+  """How many of the steps (step, num_steps] the schedule is due at."""
+  due = set(schedule.at_steps) | ({num_steps} if schedule.at_end else set())
+  for every in (schedule.every_steps, schedule.every_epochs * steps_per_epoch):
+    if every:
+      due.update(range(every * (step // every + 1), num_steps + 1, every))
+  return sum(1 for s in due if step < s <= num_steps)
 
 
 def _clock(seconds: float) -> str:

@@ -11,8 +11,11 @@ ends the run.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
+import os
+import time
 from typing import Any, Callable
 
 import jax
@@ -23,12 +26,13 @@ from etils import epath
 
 from rwl_jax import experiment as experiment_lib
 from rwl_jax import hooks as hooks_lib
-from rwl_jax import loop, parallel, paths
+from rwl_jax import compilation, loop, parallel, paths
 from rwl_jax import workdir as workdir_lib
 from rwl_jax.checkpoint import Checkpointer
 from rwl_jax.data import inputs
 from rwl_jax.errors import ConfigError, DamagedFile, RunError
-from rwl_jax.evaluate.evaluators import FeatureExtractor, build_evaluators, run_evaluators
+from rwl_jax.evaluate.evaluators import (FeatureExtractor, build_evaluators, compile_tasks,
+                                         run_evaluators)
 from rwl_jax.metrics import MetricWriter, read_results, write_results
 
 
@@ -47,7 +51,8 @@ def make_hooks(config: ml_collections.ConfigDict, experiment, data: inputs.Proce
   if config.eval.probe_batch_size:
     probe = inputs.probe_images(data, config.eval.probe_batch_size, experiment.mesh)
     hooks.append(hooks_lib.ProbeDiagnostics(every_log, probe))
-  hooks.append(hooks_lib.Progress(every_log))
+  progress = hooks_lib.Progress(every_log)
+  hooks.append(progress)
   hooks.append(hooks_lib.Checkpoint(hooks_lib.Schedule(
       every_epochs=config.checkpoint_every_epochs, at_end=True), checkpointer))
   if any(evaluator.every_epochs for evaluator in evaluators):
@@ -55,11 +60,32 @@ def make_hooks(config: ml_collections.ConfigDict, experiment, data: inputs.Proce
   if config.profile.start_step:
     hooks.append(hooks_lib.Profile(config.profile.start_step, config.profile.num_steps,
                                    workdir / "profile"))
+  progress.watch(hooks)  # its ETA foresees their calls
   return hooks
 
 
 def _find(hooks: list[hooks_lib.Hook], kind: type) -> Any:
   return next(hook for hook in hooks if isinstance(hook, kind))
+
+
+def _compile_tasks(experiment, extractor: FeatureExtractor, evaluators: list[Any],
+                   hooks: list[hooks_lib.Hook]) -> dict[str, Callable[[], Any]]:
+  """{name: task} compiling the programs the run calls besides its init and its step: the
+  evaluators' (evaluators.compile_tasks) and the probe-batch diagnostics'. A jitted function
+  called later with the same shapes reuses the executable compiled here."""
+  abstract = experiment.abstract_state()
+  tasks = compile_tasks(evaluators, extractor, abstract)
+  diagnostics = [hook for hook in hooks if isinstance(hook, hooks_lib.ProbeDiagnostics)]
+  if diagnostics:
+    tasks["diagnostics"] = lambda: experiment.probe.lower(
+        abstract.params, abstract.batch_stats, diagnostics[0].probe_images).compile()
+  return tasks
+
+
+def _timed(task: Callable[[], Any]) -> float:
+  start = time.perf_counter()
+  task()
+  return time.perf_counter() - start
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.PathLike, *,
@@ -75,10 +101,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.PathLik
   progress bar.
   """
   experiment_lib.validate_config(config)
+  compilation.use_cache(config.compilation_cache_dir)  # before anything compiles
   workdir_path = paths.workdir(workdir)  # local or a URL (gs://), never a local 'gs:' folder
   workdir_lib.prepare(workdir_path)
 
   with contextlib.ExitStack() as cleanup:
+    compiles = cleanup.enter_context(compilation.CompileLog())  # what this run compiles
     # The workdir first: a second run or a refused rerun stops in seconds, before any data.
     cleanup.enter_context(workdir_lib.WorkdirLock(workdir_path))
     # From here a signal only records itself: it is acted on between phases and between steps
@@ -97,16 +125,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.PathLik
         num_classes=len(data.class_names))
     num_steps = experiment.num_steps
     signals.stop_if_pending("while the data was read")
-    resumed_step, state = checkpointer.restore_newest_readable(experiment.init_state())
-    step = int(parallel.fetch(state.step))
-    if resumed_step is not None:
-      logging.info("resumed from %s at step %d", checkpointer.directory, resumed_step)
-    if step > num_steps:
-      raise ConfigError(f"the checkpoint in {workdir_path} is at step {step}, past this config's "
-                        f"{num_steps} steps; use a new --workdir or more num_epochs")
-
-    train_inputs = inputs.train_inputs(config, data, mesh, first_step=step)
-    step_fn, compile_seconds = experiment.compile_step(state, *train_inputs.abstract)
     evaluators = build_evaluators(config, num_classes=len(data.class_names),
                                   experiment=experiment, data=data) if data.evaluates else []
     if not data.evaluates:
@@ -117,6 +135,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.PathLik
     for hook in hooks:
       if hasattr(hook, "close"):
         cleanup.callback(hook.close)
+
+    # Every program of the run compiles now, the evaluation's and the diagnostics' on threads
+    # beside the init's and the step's (XLA compiles without the GIL): nothing compiles in the
+    # loop, and the first evaluation costs its forward pass.
+    compile_start = time.perf_counter()
+    ahead = _compile_tasks(experiment, extractor, evaluators, hooks)
+    # One core stays with the main thread (init, restore, step); on 2 cores the rest compile one
+    # after another on one thread beside it.
+    workers = max(1, min(len(ahead), (os.cpu_count() or 2) - 1))
+    with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="compile") as pool:
+      compiling = {name: pool.submit(_timed, task) for name, task in ahead.items()}
+      resumed_step, state = checkpointer.restore_newest_readable(experiment.init_state())
+      step = int(parallel.fetch(state.step))
+      if resumed_step is not None:
+        logging.info("resumed from %s at step %d", checkpointer.directory, resumed_step)
+      if step > num_steps:
+        raise ConfigError(f"the checkpoint in {workdir_path} is at step {step}, past this "
+                          f"config's {num_steps} steps; use a new --workdir or more num_epochs")
+      train_inputs = inputs.train_inputs(config, data, mesh, first_step=step)
+      step_fn, compile_seconds = experiment.compile_step(state, *train_inputs.abstract)
+      experiment.learning_rate(step + 1)  # its eager ops compile here, not at the first log
+      ahead_seconds = {name: future.result() for name, future in compiling.items()}
+    compile_wall = time.perf_counter() - compile_start
     log, checkpoint = _find(hooks, hooks_lib.LogMetrics), _find(hooks, hooks_lib.Checkpoint)
     # Accepted: every check has passed, so only now does anything in the workdir change.
     signals.stop_if_pending("while the step compiled")
@@ -125,9 +166,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.PathLik
         lambda at, scalars: on_metrics(at, num_steps, scalars)))
     cleanup.callback(writer.close)
     logging.info("%s on %d train / %d test images, %d devices, %d steps of batch %d; step "
-                 "compiled in %.1f s", config.method, data.train_shards.num_examples,
-                 _num_examples(data.test_shards), mesh.devices.size, num_steps,
-                 config.global_batch_size, compile_seconds)
+                 "compiled in %.1f s; with init and %s: %.1f s", config.method,
+                 data.train_shards.num_examples, _num_examples(data.test_shards),
+                 mesh.devices.size, num_steps, config.global_batch_size, compile_seconds,
+                 ", ".join(f"{name} {seconds:.1f} s" for name, seconds in ahead_seconds.items())
+                 or "nothing else", compile_wall)
 
     context = hooks_lib.Context(experiment=experiment, writer=writer,
                                 timer=hooks_lib.WindowTimer(), step=step, state=state)
@@ -135,8 +178,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.PathLik
       writer.write_scalars(0, {"compile_seconds": compile_seconds})
       knn = [e for e in evaluators if e.name == "knn" and e.every_epochs]
       if knn:  # the untrained network's kNN: the origin of the accuracy-against-time curve
-        writer.write_scalars(0, run_evaluators(knn, extractor, state))
+        with context.timer.hook(hooks_lib.Evaluate.name):  # the ETA's first evaluation time
+          writer.write_scalars(0, run_evaluators(knn, extractor, state))
     log.start(step, context.timer, steps_per_epoch=experiment.steps_per_epoch)
+    _find(hooks, hooks_lib.Progress).start(step)
     try:
       state = loop.run(context, step_fn, train_inputs.epoch_inputs, hooks, signals)
     except (loop.StopRequested, KeyboardInterrupt) as stop:
@@ -165,6 +210,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.PathLik
     results.update(
         method=config.method, epochs=config.num_epochs, steps=context.step,
         global_batch_size=config.global_batch_size, compile_seconds=compile_seconds,
+        **compiles.summary(),
         seconds_per_epoch=_median(log.epoch_seconds[1:] or log.epoch_seconds),
         images_per_second=_median([w["images_per_second"] for w in steady]),
         step_seconds=_median([w["step_seconds"] for w in steady]),
@@ -181,6 +227,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.PathLik
     _keep_measured_speed(results, workdir_path / "results.json")
     if jax.process_index() == 0:
       write_results(results, workdir_path / "results.json")
+    logging.info("programs: %d compiled (%.1f s), %d loaded from the compilation cache (%.1f s)",
+                 *compiles.summary().values())
     logging.info("%s -> %s", " ".join(f"{name} {results[name]:.4f}" for name in results
                                       if name.startswith(("knn_", "linear_")))
                  or "no accuracy (evaluation off)", workdir_path / "results.json")

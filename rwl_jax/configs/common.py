@@ -26,6 +26,8 @@ import ml_collections
 
 from rwl_jax.data.recipe import AugmentRecipe
 
+DEFAULT_COMPILATION_CACHE_DIR = "~/.cache/rwl_jax/jax_compilation_cache"
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
@@ -168,6 +170,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.profile.num_steps = 5
   config.checkpoint_every_epochs = 5
   config.keep_checkpoints = 3
+  # JAX's persistent compilation cache (a local folder or gs://...), every program of a run
+  # (steps, evaluation, init): a rerun of the same command loads them instead of compiling.
+  # "" or "off" = no cache. This default gives way to the environment variable
+  # JAX_COMPILATION_CACHE_DIR when that is set; any other value here wins over the variable.
+  config.compilation_cache_dir = DEFAULT_COMPILATION_CACHE_DIR
   return variant(config, arg)
 
 

@@ -1,19 +1,26 @@
 """Evaluators built from a config, each with its own schedule, sharing one compiled feature function.
 
     features = FeatureExtractor(experiment, data)       # the experiment's jitted feature function
-    for evaluator in build_evaluators(config, num_classes):
+    evaluators = build_evaluators(config, num_classes)
+    for task in compile_tasks(evaluators, features, abstract_state).values():
+      task()                                             # optional: ahead of time, once
+    for evaluator in evaluators:
       scalars = evaluator(features.of(state), state)     # {'knn_top1': ..., 'knn_top5': ...}
 
-The features of a state are extracted once and shared by every evaluator due at that moment, and
-the feature function is compiled once per run (not once per evaluation). The fine-tuning
-evaluator (eval.finetune_fractions) ignores the features: it is built with the experiment and the
-labelled splits and trains a copy of the state's encoder on images.
+The features of a state are extracted once and shared by every evaluator due at that moment.
+Every program an evaluation runs (the feature function, the kNN sweep, the linear probe, the
+online probe's count) has one shape all run long (the last batch of a split is padded and
+masked, the bank is the whole split), so it compiles once per run; compile_tasks compiles them
+ahead of time (train does, before the loop, on threads), and an evaluation then costs its forward
+pass.
+The fine-tuning evaluator (eval.finetune_fractions) ignores the features: it is built with the
+experiment and the labelled splits and trains a copy of the state's encoder on images.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import jax
 import ml_collections
@@ -23,8 +30,8 @@ from rwl_jax import online_probe, parallel
 from rwl_jax.data import order, sources
 from rwl_jax.errors import ConfigError
 from rwl_jax.evaluate import finetune
-from rwl_jax.evaluate.knn import knn_sweep
-from rwl_jax.evaluate.linear_probe import linear_probe_accuracy
+from rwl_jax.evaluate.knn import KnnSweep
+from rwl_jax.evaluate.linear_probe import LinearProbe
 
 
 def round_up(value: int, multiple: int) -> int:
@@ -41,23 +48,52 @@ class SplitFeatures:
 
 class FeatureExtractor:
   """Features of a whole split, computed on the mesh from this process's examples (uint8 in,
-  float32 out) with the experiment's one jitted feature function."""
+  float32 out) with the experiment's one jitted feature function (compiled ahead of time by
+  compile(), else at the first extraction)."""
 
   def __init__(self, experiment, data):
     self._experiment = experiment
     self._data = data
     self._batch_size = round_up(experiment.config.eval.batch_size, experiment.mesh.devices.size)
+    self._feature_fn = experiment.features
+
+  def _held(self, name: str):
+    if not self._data.evaluates:
+      raise ConfigError(f"no labelled evaluation data: {self._data.evaluation_off}")
+    return {"train": (self._data.eval_train, self._data.eval_train_shards),
+            "test": (self._data.test, self._data.test_shards)}[name]
+
+  def _batch_spec(self, state) -> tuple[Any, ...]:
+    """The feature function's abstract inputs: the state's parameters and one global batch."""
+    local_split, _ = self._held("test")
+    sharded = parallel.data_sharded(self._experiment.mesh)
+    spec = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=sharded)
+    batch = self._batch_size
+    label = jax.dtypes.canonicalize_dtype(local_split.labels.dtype)  # int64 -> int32, as fed
+    rows = {"label": spec((batch,), label), "mask": spec((batch,), np.bool_),
+            "position": spec((batch,), np.int32)}
+    return (state.params, state.batch_stats,
+            spec((batch,) + local_split.images.shape[1:], np.uint8), rows)
+
+  def compile(self, state) -> None:
+    """Compiles the feature function for this run's batches now; state may be abstract."""
+    self._feature_fn = self._experiment.features.lower(*self._batch_spec(state)).compile()
+
+  def abstract(self, state) -> SplitFeatures:
+    """The shapes and dtypes of of(state) (state may be abstract), nothing computed."""
+    features, rows = jax.eval_shape(self._experiment.features, *self._batch_spec(state))
+    dim, label = features.shape[1], rows["label"].dtype
+    spec = lambda name: (
+        jax.ShapeDtypeStruct((self._held(name)[1].num_examples, dim), np.float32),
+        jax.ShapeDtypeStruct((self._held(name)[1].num_examples,), label))
+    return SplitFeatures(train=spec("train"), test=spec("test"))
 
   def split(self, state, name: str) -> tuple[np.ndarray, np.ndarray]:
     """([N, D] features, [N] labels) of every example of split 'train' (the evaluation's: the
     kNN bank and linear-probe training split, data.eval_train) or 'test', in split order."""
-    if not self._data.evaluates:
-      raise ConfigError(f"no labelled evaluation data: {self._data.evaluation_off}")
-    held = {"train": (self._data.eval_train, self._data.eval_train_shards),
-            "test": (self._data.test, self._data.test_shards)}
-    local_split, shards = held[name]
-    return extract(self._experiment.features, state.params, state.batch_stats, local_split,
-                   shards, self._batch_size, self._experiment.mesh)
+    local_split, shards = self._held(name)
+    return extract(self._feature_fn, state.params, state.batch_stats, local_split, shards,
+                   self._batch_size, self._experiment.mesh)
 
   def of(self, state) -> SplitFeatures:
     return SplitFeatures(train=self.split(state, "train"), test=self.split(state, "test"))
@@ -94,8 +130,26 @@ class Evaluator(Protocol):
   name: str
   every_epochs: int  # 0 = only at the end of the run
 
+  def compile(self, features: SplitFeatures, state) -> None:
+    """Compiles the evaluation for features and a state of these shapes (abstract: nothing is
+    computed); later calls with them compile nothing."""
+
   def __call__(self, features: SplitFeatures, state) -> dict[str, float]:
     ...
+
+
+def _shapes(features: SplitFeatures) -> dict[str, Any]:
+  (train_x, _), (test_x, _) = features.train, features.test
+  return {"num_train": train_x.shape[0], "num_test": test_x.shape[0], "dim": train_x.shape[1]}
+
+
+def _program(programs: dict, features: SplitFeatures, build: Callable[..., Any]) -> Any:
+  """The evaluator's program for these features' shapes: the one compile() built, else built
+  (and compiled) now, once per shape."""
+  key = tuple(sorted(_shapes(features).items()))
+  if key not in programs:
+    programs[key] = build(**_shapes(features))
+  return programs[key]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,10 +163,18 @@ class KnnEvaluator:
   every_epochs: int = 0
   k_sweep: tuple[int, ...] = ()
   name: str = "knn"
+  programs: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+  def _build(self, **shapes) -> KnnSweep:
+    return KnnSweep(**shapes, num_classes=self.num_classes, ks=(self.k,) + tuple(self.k_sweep),
+                    caller="knn")
+
+  def compile(self, features: SplitFeatures, state=None) -> None:
+    _program(self.programs, features, self._build)
 
   def __call__(self, features: SplitFeatures, state=None) -> dict[str, float]:
-    sweep = knn_sweep(*features.train, *features.test, num_classes=self.num_classes,
-                      ks=(self.k,) + tuple(self.k_sweep), temperature=self.temperature)
+    sweep = _program(self.programs, features, self._build)(
+        *features.train, *features.test, temperature=self.temperature)
     results = {f"knn_{key}": value for key, value in sweep[self.k].items()}
     for k in self.k_sweep:
       results.update({f"knn_{key}_k{k}": value for key, value in sweep[k].items()})
@@ -131,12 +193,18 @@ class LinearProbeEvaluator:
   seed: int
   every_epochs: int = 0
   name: str = "linear"
+  programs: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+  def _build(self, **shapes) -> LinearProbe:
+    return LinearProbe(**shapes, num_classes=self.num_classes, epochs=self.epochs,
+                       batch_size=self.batch_size, learning_rate=self.learning_rate,
+                       weight_decay=self.weight_decay, seed=self.seed, caller="linear probe")
+
+  def compile(self, features: SplitFeatures, state=None) -> None:
+    _program(self.programs, features, self._build)
 
   def __call__(self, features: SplitFeatures, state=None) -> dict[str, float]:
-    accuracy = linear_probe_accuracy(
-        *features.train, *features.test, num_classes=self.num_classes, epochs=self.epochs,
-        batch_size=self.batch_size, learning_rate=self.learning_rate,
-        weight_decay=self.weight_decay, seed=self.seed)
+    accuracy = _program(self.programs, features, self._build)(*features.train, *features.test)
     return {f"linear_{key}": value for key, value in accuracy.items()}
 
 
@@ -152,11 +220,20 @@ class OnlineProbeEvaluator:
 
   every_epochs: int = 0
   name: str = "online"
+  programs: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+  def compile(self, features: SplitFeatures, state) -> None:
+    (test_features, test_labels), host = features.test, lambda x: jax.ShapeDtypeStruct(
+        x.shape, x.dtype)  # the probe's parameters are fetched to the host first
+    self.programs["count"] = _online_correct.lower(
+        jax.tree.map(host, state.probe_params), host(test_features),
+        jax.ShapeDtypeStruct(test_labels.shape, np.int32)).compile()
 
   def __call__(self, features: SplitFeatures, state) -> dict[str, float]:
     test_features, test_labels = features.test
-    top1, top5 = _online_correct(parallel.fetch(state.probe_params), test_features,
-                                 test_labels.astype(np.int32))
+    count = self.programs.get("count", _online_correct)
+    top1, top5 = count(parallel.fetch(state.probe_params), test_features,
+                       test_labels.astype(np.int32))
     return {"online_top1": float(top1) / len(test_labels),
             "online_top5": float(top5) / len(test_labels)}
 
@@ -192,6 +269,9 @@ class FinetuneEvaluator:
       raise ConfigError("eval.finetune_fractions needs the whole labelled split on one process; "
                         "set it to () here and run `python -m rwl_jax.evaluate --workdir=DIR "
                         "--finetune` on one process")
+
+  def compile(self, features: SplitFeatures, state) -> None:
+    """Nothing ahead: fine-tuning runs once, at the end, and compiles its own steps then."""
 
   def __call__(self, features: SplitFeatures | None, state) -> dict[str, float]:
     encoder = finetune.Encoder.of_run(self.experiment.defs, state.params, state.batch_stats)
@@ -256,3 +336,16 @@ def run_evaluators(evaluators, extractor: FeatureExtractor, state) -> dict[str, 
   for evaluator in evaluators:
     results.update(evaluator(features, state))
   return results
+
+
+def compile_tasks(evaluators, extractor: FeatureExtractor, state) -> dict[str, Callable[[], None]]:
+  """{name: task} compiling each program the evaluators run (the feature function and each
+  evaluator's own) for this run's shapes; state may be abstract. The tasks are independent: a
+  caller may run them on threads, concurrently (XLA compiles without holding the GIL)."""
+  if not evaluators:
+    return {}
+  features = extractor.abstract(state)
+  tasks = {"features": lambda: extractor.compile(state)}
+  tasks.update({e.name: (lambda e=e: e.compile(features, state)) for e in evaluators})
+  return tasks
+

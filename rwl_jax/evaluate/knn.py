@@ -22,7 +22,7 @@ it cannot overflow float32 (plain exp(s / tau) does once 1 / tau > ~88, i.e. tau
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import Any, Sequence
 
 import chex
 import jax
@@ -43,8 +43,7 @@ def is_real(value) -> bool:
 
 
 def check_features_and_labels(caller: str, train_features, train_labels, test_features,
-                              test_labels, num_classes) -> tuple[jax.Array, np.ndarray, jax.Array,
-                                                                 np.ndarray]:
+                              test_labels, num_classes) -> tuple[Any, np.ndarray, Any, np.ndarray]:
   """Validates a (train, test) pair of feature/label arrays; shared by kNN and the linear probe.
 
   Args:
@@ -56,8 +55,8 @@ def check_features_and_labels(caller: str, train_features, train_labels, test_fe
     num_classes: the number of classes, an int >= 1.
 
   Returns:
-    (train_features, train_labels, test_features, test_labels): features as float32 jax arrays,
-    labels as int32 NumPy arrays.
+    (train_features, train_labels, test_features, test_labels): features as float32 arrays (jax
+    arrays stay jax arrays, anything else becomes NumPy), labels as int32 NumPy arrays.
 
   Raises:
     ConfigError (a ValueError) with a one-line message naming the first problem found.
@@ -69,7 +68,10 @@ def check_features_and_labels(caller: str, train_features, train_labels, test_fe
     fail(f"num_classes must be an int >= 1, got {num_classes!r}")
   arrays = {}
   for name, value in (("train_features", train_features), ("test_features", test_features)):
-    value = jnp.asarray(value)
+    # NumPy stays NumPy (an evaluation's features are on the host): checked there, no eager
+    # device ops to compile; a jax.Array is checked where it is.
+    xp = jnp if isinstance(value, jax.Array) else np
+    value = value if isinstance(value, jax.Array) else np.asarray(value)
     if value.ndim != 2:
       fail(f"{name} must be 2-D [rows, feature_dim], got shape {value.shape}")
     if not (jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer)):
@@ -77,8 +79,8 @@ def check_features_and_labels(caller: str, train_features, train_labels, test_fe
     if value.shape[0] == 0 or value.shape[1] == 0:
       fail(f"{name} is empty, shape {value.shape}")
     # float32 even for bfloat16 inputs: similarities and gradients need the mantissa.
-    value = value.astype(jnp.float32)
-    if not bool(jnp.all(jnp.isfinite(value))):
+    value = value.astype(np.float32)
+    if not bool(xp.all(xp.isfinite(value))):
       fail(f"{name} contains NaN or inf")
     arrays[name] = value
   for name, value in (("train_labels", train_labels), ("test_labels", test_labels)):
@@ -158,30 +160,87 @@ def _check_k(caller: str, k) -> None:
     raise ConfigError(f"{caller}: k must be an int >= 1, got {k!r}")
 
 
-def _run(caller, train_features, train_labels, test_features, test_labels, num_classes, ks,
-         temperature, chunk_size):
-  """(predictions [N_test, len(ks)], {k: (top-1 correct, top-5 correct)}, N_test)."""
+def _check_setting(caller, ks, temperature, chunk_size) -> None:
+  if not ks:
+    raise ConfigError(f"{caller}: ks must hold at least one k, got ()")
   for k in ks:
     _check_k(caller, k)
   if not is_real(temperature) or not temperature > 0:
     raise ConfigError(f"{caller}: temperature must be a number > 0, got {temperature!r}")
   if not is_int(chunk_size) or chunk_size < 1:
     raise ConfigError(f"{caller}: chunk_size must be an int >= 1, got {chunk_size!r}")
+
+
+def _plan(ks, num_train: int, num_test: int, chunk_size: int):
+  """(distinct clamped ks, column of each k in them, chunk size): k > N_train is clamped to
+  N_train (every train row votes), equal clamped ks run once, and a small test set is never
+  padded up to a large chunk."""
+  clamped = tuple(min(int(k), num_train) for k in ks)
+  distinct = tuple(sorted(set(clamped)))
+  return distinct, [distinct.index(c) for c in clamped], min(chunk_size, num_test)
+
+
+def _tally(ks, columns, predictions, correct, num_test):
+  """(predictions [N_test, len(ks)], {k: (top-1 correct, top-5 correct)}) of _knn_chunks' out."""
+  predictions, correct = np.asarray(predictions)[:num_test], np.asarray(correct)
+  return (predictions[:, columns],
+          {k: (int(correct[c, 0]), int(correct[c, 1])) for k, c in zip(ks, columns)})
+
+
+def _run(caller, train_features, train_labels, test_features, test_labels, num_classes, ks,
+         temperature, chunk_size):
+  """(predictions [N_test, len(ks)], {k: (top-1 correct, top-5 correct)}, N_test)."""
+  _check_setting(caller, ks, temperature, chunk_size)
   train_x, train_y, test_x, test_y = check_features_and_labels(
       caller, train_features, train_labels, test_features, test_labels, num_classes)
   num_test = test_x.shape[0]
-  # k > N_train is clamped to N_train (every train row votes); equal clamped ks run once.
-  clamped = tuple(min(int(k), train_x.shape[0]) for k in ks)
-  distinct = tuple(sorted(set(clamped)))
+  distinct, columns, chunk_size = _plan(ks, train_x.shape[0], num_test, chunk_size)
   predictions, correct = _knn_chunks(
-      train_x, jnp.asarray(train_y), test_x, jnp.asarray(test_y),
-      jnp.float32(temperature), num_classes=num_classes, ks=distinct,
-      # Never pad a small test set up to a large chunk.
-      chunk_size=min(chunk_size, num_test))
-  predictions, correct = np.asarray(predictions)[:num_test], np.asarray(correct)
-  column = {k: distinct.index(c) for k, c in zip(ks, clamped)}
-  return (predictions[:, [column[k] for k in ks]],
-          {k: (int(correct[column[k], 0]), int(correct[column[k], 1])) for k in ks}, num_test)
+      train_x, train_y, test_x, test_y, np.float32(temperature), num_classes=num_classes,
+      ks=distinct, chunk_size=chunk_size)
+  return (*_tally(ks, columns, predictions, correct, num_test), num_test)
+
+
+class KnnSweep:
+  """knn_sweep for one shape of bank and queries, compiled once when built (ahead of time).
+
+      sweep = KnnSweep(num_train=50_000, num_test=10_000, dim=512, num_classes=10, ks=(200, 20))
+      sweep(train_x, train_y, test_x, test_y, temperature=0.1)   # {k: {'top1', 'top5'}}
+
+  A run's evaluations then cost the search, never a compilation: the bank and the test split
+  keep their sizes all run long. Features of another shape are refused (ConfigError), not
+  recompiled; the temperature is an input, not part of the program.
+  """
+
+  def __init__(self, *, num_train: int, num_test: int, dim: int, num_classes: int,
+               ks: Sequence[int], chunk_size: int = 1024, caller: str = "KnnSweep"):
+    self.caller, self.ks, self.num_classes = caller, tuple(ks), num_classes
+    _check_setting(caller, self.ks, 1.0, chunk_size)
+    if not is_int(num_classes) or num_classes < 1:
+      raise ConfigError(f"{caller}: num_classes must be an int >= 1, got {num_classes!r}")
+    self.shapes = {"train": (num_train, dim), "test": (num_test, dim)}
+    distinct, self._columns, chunk_size = _plan(self.ks, num_train, num_test, chunk_size)
+    spec = jax.ShapeDtypeStruct
+    self._compiled = _knn_chunks.lower(
+        spec((num_train, dim), np.float32), spec((num_train,), np.int32),
+        spec((num_test, dim), np.float32), spec((num_test,), np.int32), spec((), np.float32),
+        num_classes=num_classes, ks=distinct, chunk_size=chunk_size).compile()
+
+  def __call__(self, train_features, train_labels, test_features, test_labels, *,
+               temperature: float = 0.1) -> dict[int, dict[str, float]]:
+    """{k: {'top1': float, 'top5': float}} for every k, as knn_sweep."""
+    _check_setting(self.caller, self.ks, temperature, 1)
+    train_x, train_y, test_x, test_y = check_features_and_labels(
+        self.caller, train_features, train_labels, test_features, test_labels, self.num_classes)
+    given = {"train": train_x.shape, "test": test_x.shape}
+    if given != self.shapes:
+      raise ConfigError(f"{self.caller}: compiled for features of shapes {self.shapes}, got "
+                        f"{given}")
+    num_test = test_x.shape[0]
+    _, correct = _tally(self.ks, self._columns, *self._compiled(
+        train_x, train_y, test_x, test_y, np.float32(temperature)), num_test)
+    return {k: {"top1": top1 / num_test, "top5": top5 / num_test}
+            for k, (top1, top5) in correct.items()}
 
 
 def knn_predict(train_features, train_labels, test_features, *, num_classes: int, k: int = 200,
@@ -272,8 +331,6 @@ def knn_sweep(train_features, train_labels, test_features, test_labels, *, num_c
     ValueError (ConfigError) with a one-line message on invalid input.
   """
   ks = tuple(ks)
-  if not ks:
-    raise ConfigError(f"{caller}: ks must hold at least one k, got ()")
   _, correct, num_test = _run(caller, train_features, train_labels, test_features, test_labels,
                               num_classes, ks, temperature, chunk_size)
   return {k: {"top1": top1 / num_test, "top5": top5 / num_test}

@@ -21,7 +21,8 @@ Minibatches: each epoch draws a permutation of the N train rows from
 jax.random.fold_in(PRNGKey(seed), epoch), padded to steps * B with steps = ceil(N / B). The
 padded slots carry mask 0 and the loss is the masked mean, so every row is used exactly once
 per epoch and the last partial batch is neither dropped nor filled with repeats. An epoch is one
-jax.lax.scan over its steps; all epochs run inside one jitted function.
+jax.lax.scan over its steps; all epochs, with the standardisation and the test count around them,
+run inside one jitted function.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import functools
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from rwl_jax import online_probe
@@ -98,10 +100,77 @@ def _train(features: jax.Array, labels: jax.Array, key: jax.Array, learning_rate
   return params
 
 
-@jax.jit
 def _count_correct(params, features, labels) -> tuple[jax.Array, jax.Array]:
   """(top-1, top-5) correct rows."""
   return online_probe.top_k_correct(online_probe.logits(params, features), labels, k=5)
+
+
+@functools.partial(jax.jit, static_argnames=("num_classes", "epochs", "batch_size"))
+def _fit_and_count(train_x, train_y, test_x, test_y, seed, learning_rate, weight_decay, *,
+                   num_classes: int, epochs: int, batch_size: int) -> tuple[jax.Array, jax.Array]:
+  """(top-1, top-5) correct test rows of the probe trained on train_x: the whole evaluation, one
+  program (standardisation included), so a run compiles it once and nothing around it."""
+  mean, inv_std = _standardizer(train_x)
+  params = _train((train_x - mean) * inv_std, train_y, jax.random.PRNGKey(seed), learning_rate,
+                  weight_decay, num_classes=num_classes, epochs=epochs, batch_size=batch_size)
+  return _count_correct(params, (test_x - mean) * inv_std, test_y)
+
+
+def _check_setting(caller, epochs, batch_size, learning_rate, weight_decay, seed) -> None:
+  if not is_int(epochs) or epochs < 1:
+    raise ConfigError(f"{caller}: epochs must be an int >= 1, got {epochs!r}")
+  if not is_int(batch_size) or batch_size < 1:
+    raise ConfigError(f"{caller}: batch_size must be an int >= 1, got {batch_size!r}")
+  if not is_real(learning_rate) or not learning_rate > 0:
+    raise ConfigError(f"{caller}: learning_rate must be a number > 0, got {learning_rate!r}")
+  if not is_real(weight_decay) or not weight_decay >= 0:
+    raise ConfigError(f"{caller}: weight_decay must be a number >= 0, got {weight_decay!r}")
+  if not is_int(seed) or not -2**31 <= seed < 2**31:
+    raise ConfigError(f"{caller}: seed must be an int in [-2**31, 2**31), got {seed!r}")
+
+
+def _scalars(seed, learning_rate, weight_decay) -> tuple[np.ndarray, ...]:
+  """The traced settings as the arrays the program takes (PRNGKey of an int32 seed is the key of
+  that int, as PRNGKey of the Python int was)."""
+  return np.int32(seed), np.float32(learning_rate), np.float32(weight_decay)
+
+
+class LinearProbe:
+  """linear_probe_accuracy for one shape of train and test features, compiled once when built.
+
+      probe = LinearProbe(num_train=50_000, num_test=10_000, dim=512, num_classes=10, epochs=100)
+      probe(train_x, train_y, test_x, test_y)    # {'top1', 'top5'}
+
+  Every evaluation of a run then costs the training, not a compilation; features of another
+  shape are refused (ConfigError), not recompiled.
+  """
+
+  def __init__(self, *, num_train: int, num_test: int, dim: int, num_classes: int,
+               epochs: int = 100, batch_size: int = 1024, learning_rate: float = 0.1,
+               weight_decay: float = 0.0, seed: int = 0, caller: str = "LinearProbe"):
+    _check_setting(caller, epochs, batch_size, learning_rate, weight_decay, seed)
+    if not is_int(num_classes) or num_classes < 1:
+      raise ConfigError(f"{caller}: num_classes must be an int >= 1, got {num_classes!r}")
+    self.caller, self.num_classes = caller, num_classes
+    self.shapes = {"train": (num_train, dim), "test": (num_test, dim)}
+    self._scalars = _scalars(seed, learning_rate, weight_decay)
+    spec = jax.ShapeDtypeStruct
+    self._compiled = _fit_and_count.lower(
+        spec((num_train, dim), np.float32), spec((num_train,), np.int32),
+        spec((num_test, dim), np.float32), spec((num_test,), np.int32),
+        *(spec((), x.dtype) for x in self._scalars), num_classes=num_classes, epochs=epochs,
+        batch_size=min(batch_size, num_train)).compile()
+
+  def __call__(self, train_features, train_labels, test_features,
+               test_labels) -> dict[str, float]:
+    train_x, train_y, test_x, test_y = check_features_and_labels(
+        self.caller, train_features, train_labels, test_features, test_labels, self.num_classes)
+    given = {"train": train_x.shape, "test": test_x.shape}
+    if given != self.shapes:
+      raise ConfigError(f"{self.caller}: compiled for features of shapes {self.shapes}, got "
+                        f"{given}")
+    top1, top5 = self._compiled(train_x, train_y, test_x, test_y, *self._scalars)
+    return {"top1": float(top1) / test_x.shape[0], "top5": float(top5) / test_x.shape[0]}
 
 
 def linear_probe_top1(train_features, train_labels, test_features, test_labels, *,
@@ -154,22 +223,10 @@ def linear_probe_accuracy(train_features, train_labels, test_features, test_labe
 
 def _probe_accuracy(caller, train_features, train_labels, test_features, test_labels, *,
                     num_classes, epochs, batch_size, learning_rate, weight_decay, seed):
-  if not is_int(epochs) or epochs < 1:
-    raise ConfigError(f"{caller}: epochs must be an int >= 1, got {epochs!r}")
-  if not is_int(batch_size) or batch_size < 1:
-    raise ConfigError(f"{caller}: batch_size must be an int >= 1, got {batch_size!r}")
-  if not is_real(learning_rate) or not learning_rate > 0:
-    raise ConfigError(f"{caller}: learning_rate must be a number > 0, got {learning_rate!r}")
-  if not is_real(weight_decay) or not weight_decay >= 0:
-    raise ConfigError(f"{caller}: weight_decay must be a number >= 0, got {weight_decay!r}")
-  if not is_int(seed):
-    raise ConfigError(f"{caller}: seed must be an int, got {seed!r}")
+  _check_setting(caller, epochs, batch_size, learning_rate, weight_decay, seed)
   train_x, train_y, test_x, test_y = check_features_and_labels(
       caller, train_features, train_labels, test_features, test_labels, num_classes)
-  mean, inv_std = _standardizer(train_x)
-  params = _train((train_x - mean) * inv_std, jnp.asarray(train_y), jax.random.PRNGKey(seed),
-                  jnp.float32(learning_rate), jnp.float32(weight_decay),
-                  num_classes=num_classes, epochs=epochs,
-                  batch_size=min(batch_size, train_x.shape[0]))
-  correct, correct_top5 = _count_correct(params, (test_x - mean) * inv_std, jnp.asarray(test_y))
+  correct, correct_top5 = _fit_and_count(
+      train_x, train_y, test_x, test_y, *_scalars(seed, learning_rate, weight_decay),
+      num_classes=num_classes, epochs=epochs, batch_size=min(batch_size, train_x.shape[0]))
   return {"top1": float(correct) / test_x.shape[0], "top5": float(correct_top5) / test_x.shape[0]}

@@ -18,7 +18,7 @@ import numpy as np
 from etils import epath
 
 from rwl_jax import experiment as experiment_lib
-from rwl_jax import metrics, parallel, paths
+from rwl_jax import compilation, metrics, parallel, paths
 from rwl_jax import workdir as workdir_lib
 from rwl_jax.checkpoint import CheckpointDamaged, Checkpointer
 from rwl_jax.data import inputs
@@ -77,6 +77,7 @@ def load_run(workdir: epath.PathLike, step: int | None = None, eval_image_dir: s
   config = workdir_lib.read_config(workdir)
   if eval_image_dir:
     config.data.eval_image_dir = eval_image_dir
+  compilation.use_cache(config.compilation_cache_dir)  # before anything compiles, as in training
   data = inputs.load_data(config)
   experiment = experiment_lib.build(
       config, parallel.make_mesh(),
