@@ -161,6 +161,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.profile.num_steps = 5
   config.checkpoint_every_epochs = 5
   config.keep_checkpoints = 3
+  # Checkpoints written in the background while training goes on (False: the loop waits for each
+  # save); a stop signal and the end of the run wait for the save either way.
+  config.checkpoint_async = True
   return variant(config, arg)
 
 
