@@ -103,6 +103,24 @@ def test_the_next_save_waits_for_the_one_in_flight(tmp_path, held_commit):
   assert checkpointer.all_steps() == [1, 2]
 
 
+def test_checkpoint_async_is_a_bool_a_rerun_may_change(tmp_path):
+  from conftest import tiny_config  # pylint: disable=g-import-not-at-top
+  from rwl_jax import experiment, workdir  # pylint: disable=g-import-not-at-top
+  from rwl_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
+
+  config = tiny_config("data", "cache")
+  assert config.checkpoint_async is True
+  (tmp_path / "config.json").write_text(config.to_json_best_effort())
+  config.checkpoint_async = False
+  experiment.validate_config(config)
+  # Not refused (a trained-state field would be), only recorded.
+  assert workdir.check_rerun(epath.Path(tmp_path), config, has_checkpoint=True,
+                             accept_change=False) == {"checkpoint_async": (True, False)}
+  config.checkpoint_async = None  # (the config's type check lets None through)
+  with pytest.raises(ConfigError, match="checkpoint_async must be True or False, got None"):
+    experiment.validate_config(config)
+
+
 # End to end: a run whose second checkpoint is held in flight is SIGKILLed, and the rerun of the
 # same command ends bit-identical to a run left alone.
 
@@ -117,7 +135,7 @@ def command(workdir, cifar_dir, cache, *extra):
           "--config.global_batch_size=64", "--config.model.width=4",
           "--config.model.projector_dims=(16,8)", "--config.log_every_steps=1",
           "--config.checkpoint_every_epochs=1", "--config.keep_checkpoints=3",
-          "--config.eval.linear_epochs=1", *extra]
+          "--config.eval.linear_epochs=1", "--config.eval.probe_batch_size=32", *extra]
 
 
 def environment(hook_dir=None, **variables):

@@ -166,7 +166,7 @@ def command(workdir, cifar_dir, cache, *extra):
           "--config.global_batch_size=64", "--config.model.width=4",
           "--config.model.projector_dims=(16,8)", "--config.log_every_steps=1",
           "--config.checkpoint_every_epochs=1", "--config.keep_checkpoints=3",
-          "--config.eval.linear_epochs=1", *extra]
+          "--config.eval.linear_epochs=1", "--config.eval.probe_batch_size=32", *extra]
 
 
 def environment(hook_dir=None, **variables):
