@@ -168,7 +168,7 @@ class Checkpointer:
     newest = self._manager.latest_step()
     kept = (f"the newest complete checkpoint, step {newest}, is intact" if newest is not None
             else "no checkpoint had been completed yet")
-    where = f"{self.directory}/{step}"
+    where = f"{self.directory}/{step}" if step is not None else str(self.directory)
     if out_of_space(error):
       return RunError(f"no space left on the device of {self.directory}: checkpoint {where} could "
                       f"not be written ({kept}); free space there (or move the workdir) and "

@@ -185,19 +185,21 @@ def straight_run(cifar_dir, tmp_path_factory):
 
 
 @pytest.mark.slow  # two short training runs in subprocesses per case
-@pytest.mark.parametrize("case, extra, trigger, names", [
-    ("synchronous save", ["--config.checkpoint_async=False"], {"SAVE_STEP": "20"},
+@pytest.mark.parametrize("extra, trigger, names", [
+    # The save of step 20 fails inside save().
+    (["--config.checkpoint_async=False"], {"SAVE_STEP": "20"},
      r"checkpoints: checkpoint \S+/checkpoints/20 could not be written"),
-    ("asynchronous save", [], {"SAVE_STEP": "20"},
-     r"checkpoints: checkpoint \S+/checkpoints/20 could not be written"),
-    ("metrics", ["--config.checkpoint_async=False"], {"METRICS_STEP": "11"},
+    # save() returns; the failure surfaces at the next wait (and outlives the metrics' own).
+    ([], {"SAVE_STEP": "20"}, r"checkpoints: checkpoint \S+/checkpoints/20 could not be written"),
+    # Full from step 11: the metrics files' last pages fill within the ten rows before step 20's
+    # save (a row of each is > 400 bytes, a page 4096).
+    (["--config.checkpoint_async=False"], {"METRICS_STEP": "11"},
      r"(metrics.jsonl|tensorboard): metrics could not be written"),
-])
+], ids=["synchronous save", "asynchronous save", "metrics"])
 def test_a_disk_filling_up_mid_run_stops_in_one_line_and_resumes(
-    case, extra, trigger, names, small_disk, straight_run, cifar_dir, tmp_path):
+    extra, trigger, names, small_disk, straight_run, cifar_dir, tmp_path):
   from test_preemption import checkpoint_entries, final_state  # pylint: disable=g-import-not-at-top
 
-  del case
   straight, cache = straight_run
   hook_dir = tmp_path / "hook"
   hook_dir.mkdir()
