@@ -192,7 +192,7 @@ def straight_run(cifar_dir, tmp_path_factory):
     # save() returns; the failure surfaces at the next wait (and outlives the metrics' own).
     ([], {"SAVE_STEP": "20"}, r"checkpoints: checkpoint \S+/checkpoints/20 could not be written"),
     # Full from step 11: the metrics files' last pages fill within the ten rows before step 20's
-    # save (a row of each is > 400 bytes, a page 4096).
+    # save (each gets about 700 bytes a step here, a page is 4096).
     (["--config.checkpoint_async=False"], {"METRICS_STEP": "11"},
      r"(metrics.jsonl|tensorboard): metrics could not be written"),
 ], ids=["synchronous save", "asynchronous save", "metrics"])
