@@ -12,7 +12,7 @@ from absl import logging
 from etils import epath
 
 from rwl_jax import parallel, paths
-from rwl_jax.errors import ConfigError, RunError, first_line
+from rwl_jax.errors import ConfigError, RunError, first_line, out_of_space
 
 
 class CheckpointDamaged(RunError):
@@ -42,13 +42,24 @@ def _first_line(error: Exception) -> str:
 
 
 class Checkpointer:
-  """An Orbax CheckpointManager over workdir/checkpoints, keeping the newest `keep`."""
+  """An Orbax CheckpointManager over workdir/checkpoints, keeping the newest `keep`.
 
-  def __init__(self, workdir: epath.PathLike, *, keep: int = 3):
+  With `asynchronous` (the default) save() returns once the state is copied to host memory and
+  the files are written in the background, so the loop goes on, and may donate the state's
+  buffers to the next step, while a save is written. Orbax writes each checkpoint into a
+  temporary folder renamed when complete: only complete checkpoints are ever listed or restored.
+  A save's failure (a full disk, a lost mount) surfaces at the next save(), wait() or close(),
+  as a RunError naming the step and what is kept.
+  """
+
+  def __init__(self, workdir: epath.PathLike, *, keep: int = 3, asynchronous: bool = True):
     self.directory = paths.workdir(workdir) / "checkpoints"
     self._manager = ocp.CheckpointManager(
-        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+        self.directory, options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, enable_async_checkpointing=asynchronous),
         item_handlers=ocp.StandardCheckpointHandler())
+    self._writing: int | None = None  # the step whose save may still be in flight
+    self._failed: set[int] = set()  # steps whose save failed: their partial folders go at close
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -57,8 +68,15 @@ class Checkpointer:
     return list(self._manager.all_steps())
 
   def save(self, step: int, state: Any) -> None:
-    # force=True: the train loop decides when to save; the manager only keeps the newest ones.
-    self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+    """Starts saving `state` as checkpoint `step` (asynchronous: returns before it is written,
+    once the state is copied off the device buffers); waits for the previous save first."""
+    self.wait()  # the previous save's failure names its own step
+    self._writing = step
+    try:
+      # force=True: the train loop decides when to save; the manager only keeps the newest ones.
+      self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+    except Exception as error:  # pylint: disable=broad-except  # Orbax/TensorStore raise many types
+      raise self._save_failed(error) from None
 
   def saved_shapes(self, step: int) -> dict[str, tuple[int, ...]]:
     """{'params/...': shape} of what checkpoint `step` holds, read from its metadata alone
@@ -131,12 +149,56 @@ class Checkpointer:
     return None, target
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    """Returns once the save in flight, if any, is complete and committed; RunError if it
+    failed."""
+    try:
+      self._manager.wait_until_finished()
+    except Exception as error:  # pylint: disable=broad-except
+      raise self._save_failed(error) from None
+    self._writing = None
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
+    try:
+      self.wait()
+    finally:
+      try:
+        self._manager.close()  # joins Orbax's threads: nothing writes into a partial folder now
+      except Exception as error:  # pylint: disable=broad-except
+        if not self._failed:  # else Orbax repeats the failure wait() has raised already
+          raise self._save_failed(error) from None
+      self._remove_partial()
     logging.info("checkpoints in %s: steps %s", self.directory, self.all_steps())
+
+  def _remove_partial(self) -> None:
+    """Removes the temporary folders of failed saves (never a listed checkpoint: Orbax commits
+    by renaming), giving back the space they took; Orbax replaces any left when it saves that
+    step again."""
+    if jax.process_index() != 0:
+      return
+    for step in sorted(self._failed):
+      for partial in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
+        try:
+          partial.rmtree()
+        except OSError:
+          pass  # still being written to, or a failing disk: retried at close()
+
+  def _save_failed(self, error: Exception) -> RunError:
+    """The one-line error for a save that failed (its partial folder is removed)."""
+    step, self._writing = self._writing, None
+    if step is not None:
+      self._failed.add(step)
+      self._remove_partial()
+    self._manager.reload()  # the failed step is not a checkpoint
+    newest = self._manager.latest_step()
+    kept = (f"the newest complete checkpoint, step {newest}, is intact" if newest is not None
+            else "no checkpoint had been completed yet")
+    where = f"{self.directory}/{step}" if step is not None else str(self.directory)
+    if out_of_space(error):
+      return RunError(f"no space left on the device of {self.directory}: checkpoint {where} could "
+                      f"not be written ({kept}); free space there (or move the workdir) and "
+                      "rerun the same command to resume")
+    return RunError(f"checkpoint {where} could not be written ({_first_line(error)}); {kept}, "
+                    "rerun the same command to resume")
 
 
 def _path_name(entry: Any) -> str:

@@ -1,4 +1,10 @@
-"""The one exception type a user should ever see from rwl_jax: it carries a one-line message."""
+"""The exceptions a user sees from rwl_jax, each with a one-line message the command line prints
+as `error: ...` (exit status 2): ConfigError (bad input), its DamagedFile (a workdir's file that
+does not read back), RunError (a run that cannot go on)."""
+
+import errno
+
+_OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 class ConfigError(ValueError):
@@ -27,3 +33,20 @@ class DamagedFile(ConfigError):
   def __init__(self, path, problem: str, remedy: str):
     super().__init__(f"{path}: {problem}; {remedy}")
     self.path, self.problem = path, problem
+
+
+def out_of_space(error: BaseException) -> bool:
+  """True when `error` (or what caused it) is a full disk or an exceeded quota: an OSError, or
+  TensorStore's message naming the errno (Orbax re-raises it as ValueError('RESOURCE_EXHAUSTED:
+  ... No space left on device [os_error_code='28']'))."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno in _OUT_OF_SPACE:
+      return True
+    text = str(error)
+    if "No space left on device" in text or "Disk quota exceeded" in text or any(
+        f"os_error_code='{code}'" in text for code in _OUT_OF_SPACE):
+      return True
+    error = error.__cause__ or error.__context__
+  return False

@@ -97,6 +97,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for name in ("log_every_steps", "checkpoint_every_epochs", "keep_checkpoints"):
     if not _positive_int(config[name]):
       raise ConfigError(f"{name} must be an integer >= 1, got {config[name]!r}")
+  if not isinstance(config.checkpoint_async, bool):
+    raise ConfigError(f"checkpoint_async must be True or False, got {config.checkpoint_async!r}")
   if config.data.augment_on not in AUGMENT_ON:
     raise ConfigError(f"data.augment_on must be 'host' (tf.data) or 'device' (JAX), got "
                       f"{config.data.augment_on!r}")

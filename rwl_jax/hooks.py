@@ -273,7 +273,12 @@ class ProbeDiagnostics(Hook):
 
 
 class Checkpoint(Hook):
-  """Saves the state (Orbax, asynchronous writes) and logs the seconds the loop waited for it."""
+  """Saves the state and logs the seconds the loop waited for it (checkpoint_seconds).
+
+  Asynchronous saves (config.checkpoint_async) wait only for the copy off the device and for the
+  previous save to finish; the files are written while the next steps run, which may donate the
+  saved state's buffers (Orbax holds its own copy).
+  """
 
   name = "checkpoint"
   timed = True

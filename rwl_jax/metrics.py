@@ -20,7 +20,7 @@ from absl import logging
 from etils import epath
 
 from rwl_jax import paths
-from rwl_jax.errors import DamagedFile, RunError
+from rwl_jax.errors import DamagedFile, RunError, first_line, out_of_space
 
 METRICS_FILE = "metrics.jsonl"
 RESULTS_FILE = "results.json"
@@ -122,6 +122,8 @@ class MetricWriter:
   Every row carries `time` (wall clock) and `run_seconds`: the kept rows' last run_seconds plus
   the time.monotonic() seconds since this writer was opened, so time between runs never counts.
 
+  A write that fails (a full disk) raises RunError naming the file and what is kept.
+
   TensorBoard event files are append-only and cannot be trimmed: after a resume they hold the
   replayed steps twice, which is harmless, since TensorBoard shows the newest value of a step.
 
@@ -138,35 +140,87 @@ class MetricWriter:
     self._on_write = on_write
     self._tensorboard = None
     self._jsonl = None
+    self._jsonl_path = None
     self._run_seconds_before = 0.0  # the kept rows' run time, from the runs before this one
     if self._enabled:
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       workdir = paths.as_path(workdir, "workdir")
       metrics_path = workdir / METRICS_FILE
       self._run_seconds_before = _trim_to_resume_step(metrics_path, resume_step)
-      _write_event_files_through_epath()
-      self._tensorboard = SummaryWriter(os.fspath(workdir / "tensorboard"))
+      self._tensorboard = _EventFile(workdir / "tensorboard")
       self._jsonl = metrics_path.open("a")
+      self._jsonl_path = metrics_path
     self._opened = time.monotonic()
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
     if not self._enabled:
       return
     scalars = {name: float(value) for name, value in scalars.items()}
-    for name, value in scalars.items():
-      self._tensorboard.add_scalar(name, value, global_step=step)
     elapsed = self._run_seconds_before + time.monotonic() - self._opened
     row = {"step": int(step), "time": time.time(), "run_seconds": elapsed, **scalars}
-    self._jsonl.write(json.dumps(row) + "\n")
-    self._jsonl.flush()
+    path = self._tensorboard.path
+    try:
+      self._tensorboard.write(int(step), scalars)
+      path = self._jsonl_path
+      self._jsonl.write(json.dumps(row) + "\n")
+      self._jsonl.flush()
+    except OSError as error:
+      self._enabled = False  # close() must not flush into the same error
+      raise _write_failed(path, error) from None
     if self._on_write is not None:
       self._on_write(int(step), scalars)
 
   def close(self) -> None:
-    if self._enabled:
-      self._tensorboard.close()
-      self._jsonl.close()
-      self._enabled = False
+    if self._tensorboard is None:
+      return
+    files = ((self._tensorboard, self._tensorboard.path), (self._jsonl, self._jsonl_path))
+    self._tensorboard = self._jsonl = None
+    enabled, self._enabled = self._enabled, False
+    for file, path in files:
+      try:
+        file.close()
+      except OSError as error:
+        if enabled:  # after a failed write its error has been raised already
+          raise _write_failed(path, error) from None
+
+
+def _write_failed(path: Any, error: OSError) -> RunError:
+  if out_of_space(error):
+    return RunError(f"no space left on the device of {os.fspath(path)}: metrics could not be "
+                    "written; checkpoints already saved are intact: free space there (or move the "
+                    "workdir) and rerun the same command to resume")
+  return RunError(f"{os.fspath(path)} cannot be written ({error.strerror or error}); checkpoints "
+                  "already saved are intact, rerun the same command to resume")
+
+
+class _EventFile:
+  """TensorBoard scalars written and flushed in the calling thread.
+
+  tensorboardX's SummaryWriter writes from a thread of its own: a write that fails there (a full
+  disk) ends that thread with a traceback and the writer's queue then blocks the run for ever.
+  Here a failed write raises where the loop can say so and stop. URLs (gs://) are written
+  through epath (_EpathEventFiles).
+  """
+
+  def __init__(self, directory: epath.Path):
+    from tensorboardX import event_file_writer  # pylint: disable=g-import-not-at-top
+
+    _write_event_files_through_epath()
+    directory.mkdir(parents=True, exist_ok=True)
+    self._writer = event_file_writer.EventsWriter(os.fspath(directory / "events"))
+    self.path = directory  # for an error line
+
+  def write(self, step: int, scalars: Mapping[str, float]) -> None:
+    from tensorboardX import summary  # pylint: disable=g-import-not-at-top
+    from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+
+    wall_time = time.time()
+    for name, value in scalars.items():
+      self._writer.write_event(event_pb2.Event(wall_time=wall_time, step=step,
+                                               summary=summary.scalar(name, value)))
+    self._writer.flush()
+
+  def close(self) -> None:
+    self._writer.close()
 
 
 def _trim_to_resume_step(path: epath.Path, resume_step: int | None) -> float:
@@ -203,11 +257,21 @@ def _write_event_files_through_epath() -> None:
 
 
 def configure_logging() -> None:
-  """INFO progress lines; Orbax's per-save INFO chatter dropped (its warnings kept)."""
+  """INFO progress lines; Orbax's per-save INFO chatter dropped, its warnings and errors kept as
+  one line each (a failed save's traceback, logged from Orbax's thread, would bury the run's own
+  error line, which says what failed and what is kept)."""
   logging.set_verbosity(logging.INFO)
-  logging.get_absl_handler().addFilter(
-      lambda record: record.levelno >= logging.converter.STANDARD_WARNING
-      or "/orbax/" not in record.pathname)
+  logging.get_absl_handler().addFilter(_orbax_in_brief)
+
+
+def _orbax_in_brief(record) -> bool:
+  if "/orbax/" not in record.pathname:
+    return True
+  if record.levelno < logging.converter.STANDARD_WARNING:
+    return False
+  record.exc_info = record.exc_text = None
+  record.msg, record.args = first_line(RuntimeError(record.getMessage())), None
+  return True
 
 
 def write_results(results: Mapping[str, Any], path: epath.Path) -> None:

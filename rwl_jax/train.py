@@ -113,7 +113,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.PathLik
     # (a KeyboardInterrupt raised inside a library's callback during compilation can be lost).
     signals = cleanup.enter_context(loop.StopSignals(
         hooks_lib.Schedule(every_steps=config.log_every_steps, every_epochs=1)))
-    checkpointer = Checkpointer(workdir_path, keep=config.keep_checkpoints)
+    checkpointer = Checkpointer(workdir_path, keep=config.keep_checkpoints,
+                                asynchronous=config.checkpoint_async)
     cleanup.callback(checkpointer.close)
     changes = workdir_lib.check_rerun(workdir_path, config,
                                       has_checkpoint=bool(checkpointer.all_steps()),
@@ -190,7 +191,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.PathLik
       try:
         with signals.shielded():  # a further signal waits for the save
           checkpoint.save(context.step, context.state)
-          checkpointer.wait()
+          checkpointer.wait()  # complete and committed before the process says so and exits
+      except RunError as error:  # the save itself failed (a full disk): its line says what is kept
+        raise RunError(f"{cause} at step {context.step}, but {error}") from None
       except (Exception, KeyboardInterrupt):  # pylint: disable=broad-except
         # A second signal inside the step, whose donated input is gone: nothing to save.
         newest = checkpointer.latest_step()
@@ -202,7 +205,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.PathLik
                      f"{checkpointer.directory}, rerun the same command to resume") from None
 
     logging.info("evaluating: %s on frozen features", ", ".join(e.name for e in evaluators))
-    results = run_evaluators(evaluators, extractor, state)
+    results = run_evaluators(evaluators, extractor, state)  # while the final save is written
+    checkpointer.wait()  # results.json only once the final checkpoint is complete
     writer.write_scalars(context.step, results)
 
     # The first window after a (re)start runs the step for the first time; report steady ones.

@@ -54,8 +54,8 @@ _RESTORE_CONFIG = ("restore it from a copy (a finished run's results.json holds 
 
 # Settings a rerun may change freely: they change how a run is watched, saved or fed, not what it
 # trains. Prefixes end with '.'. The online probe is trained in the step, so it is not one of them.
-RUNTIME_FIELDS = ("log_every_steps", "checkpoint_every_epochs", "keep_checkpoints", "profile.",
-                  "compilation_cache_dir",
+RUNTIME_FIELDS = ("log_every_steps", "checkpoint_every_epochs", "keep_checkpoints",
+                  "checkpoint_async", "profile.", "compilation_cache_dir",
                   "data.prefetch_batches", "data.cache_dir", "data.decode_workers",
                   "data.image_dir", "data.tfds_data_dir", "data.max_eval_examples",
                   "data.eval_split", "data.eval_image_dir", "data.eval_train_split", "eval.")

@@ -175,6 +175,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # "" or "off" = no cache. This default gives way to the environment variable
   # JAX_COMPILATION_CACHE_DIR when that is set; any other value here wins over the variable.
   config.compilation_cache_dir = DEFAULT_COMPILATION_CACHE_DIR
+  # Checkpoints written in the background while training goes on (False: the loop waits for each
+  # save); a stop signal and the end of the run wait for the save either way.
+  config.checkpoint_async = True
   return variant(config, arg)
 
 
