@@ -100,6 +100,29 @@ def tiny_config(image_dir: pathlib.Path, cache_dir: pathlib.Path, method: str = 
   return config
 
 
+# A run of the reference config shrunk to seconds, through the real command line:
+# TINY_RUN_EPOCHS epochs of TINY_RUN_STEPS_PER_EPOCH steps on cifar_dir's 640 training images,
+# a checkpoint every epoch (the asynchronous-save and full-disk tests).
+TINY_RUN_STEPS_PER_EPOCH = 640 // 64
+TINY_RUN_EPOCHS = 3
+
+
+def tiny_run_command(workdir, cifar_dir, cache, *extra) -> list[str]:
+  return [sys.executable, "-m", "rwl_jax.main", "--config=configs/cifar10_rwl.py",
+          f"--workdir={workdir}", f"--config.data.image_dir={cifar_dir}",
+          f"--config.data.cache_dir={cache}", f"--config.num_epochs={TINY_RUN_EPOCHS}",
+          "--config.global_batch_size=64", "--config.model.width=4",
+          "--config.model.projector_dims=(16,8)", "--config.log_every_steps=1",
+          "--config.checkpoint_every_epochs=1", "--config.keep_checkpoints=3",
+          "--config.eval.linear_epochs=1", "--config.eval.probe_batch_size=32", *extra]
+
+
+def subprocess_environment(hook_dir=None, **variables) -> dict[str, str]:
+  """A CPU subprocess's environment; hook_dir's sitecustomize.py, if given, runs in it first."""
+  path = ([str(hook_dir)] if hook_dir else []) + [str(REPO), os.environ.get("PYTHONPATH", "")]
+  return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(path), **variables)
+
+
 def free_port() -> int:
   """A TCP port free on localhost now, for a jax.distributed coordinator."""
   with socket.socket() as s:

@@ -2,10 +2,8 @@
 state at the save step bit for bit although the next step donates its buffers, a stop waits for
 the save, and a SIGKILL while a save is in flight costs only that save."""
 
-import os
 import signal
 import subprocess
-import sys
 import textwrap
 import threading
 
@@ -15,7 +13,8 @@ import numpy as np
 import pytest
 from etils import epath
 
-from conftest import REPO
+from conftest import (REPO, TINY_RUN_EPOCHS, TINY_RUN_STEPS_PER_EPOCH, subprocess_environment,
+                      tiny_run_command)
 from rwl_jax.checkpoint import Checkpointer
 
 
@@ -124,26 +123,6 @@ def test_checkpoint_async_is_a_bool_a_rerun_may_change(tmp_path):
 # End to end: a run whose second checkpoint is held in flight is SIGKILLed, and the rerun of the
 # same command ends bit-identical to a run left alone.
 
-STEPS_PER_EPOCH = 640 // 64
-EPOCHS = 3
-
-
-def command(workdir, cifar_dir, cache, *extra):
-  return [sys.executable, "-m", "rwl_jax.main", "--config=configs/cifar10_rwl.py",
-          f"--workdir={workdir}", f"--config.data.image_dir={cifar_dir}",
-          f"--config.data.cache_dir={cache}", f"--config.num_epochs={EPOCHS}",
-          "--config.global_batch_size=64", "--config.model.width=4",
-          "--config.model.projector_dims=(16,8)", "--config.log_every_steps=1",
-          "--config.checkpoint_every_epochs=1", "--config.keep_checkpoints=3",
-          "--config.eval.linear_epochs=1", "--config.eval.probe_batch_size=32", *extra]
-
-
-def environment(hook_dir=None, **variables):
-  """The subprocess's environment; hook_dir's sitecustomize.py, if given, runs in it first."""
-  path = ([str(hook_dir)] if hook_dir else []) + [str(REPO)]
-  return dict(os.environ, JAX_PLATFORMS="cpu",
-              PYTHONPATH=os.pathsep.join(path + [os.environ.get("PYTHONPATH", "")]), **variables)
-
 
 # Runs in the training process (as its sitecustomize): the commit of checkpoint HOLD_STEP (every
 # checkpoint for "all") waits for the file RELEASE, and every committed step is printed, so a test
@@ -198,30 +177,30 @@ def test_sigkill_during_an_async_save_resumes_bit_identical(cifar_dir, tmp_path,
 
   cache = tmp_path / "cache"
   straight = tmp_path / "straight"
-  done = subprocess.run(command(straight, cifar_dir, cache), cwd=REPO, env=environment(),
-                        capture_output=True, text=True, timeout=600)
+  done = subprocess.run(tiny_run_command(straight, cifar_dir, cache), cwd=REPO,
+                        env=subprocess_environment(), capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
 
   killed = tmp_path / "killed"
-  held = 2 * STEPS_PER_EPOCH
-  env = environment(hook_dir, HOLD_STEP=str(held), RELEASE=str(tmp_path / "never"))
+  held = 2 * TINY_RUN_STEPS_PER_EPOCH
+  env = subprocess_environment(hook_dir, HOLD_STEP=str(held), RELEASE=str(tmp_path / "never"))
   # The loop goes on while checkpoint `held` is written (held uncommitted): steps after it are
   # trained and logged. Then SIGKILL, with that save still in flight.
-  process = run_until(command(killed, cifar_dir, cache), env,
+  process = run_until(tiny_run_command(killed, cifar_dir, cache), env,
                       lambda: max(logged_steps(killed), default=0) >= held + 3)
   entries = checkpoint_entries(killed)
   process.send_signal(signal.SIGKILL)
   process.communicate(timeout=60)
-  assert str(STEPS_PER_EPOCH) in entries and str(held) not in entries
+  assert str(TINY_RUN_STEPS_PER_EPOCH) in entries and str(held) not in entries
   assert any(e.startswith(f"{held}.orbax-checkpoint-tmp") for e in entries), entries
 
-  done = subprocess.run(command(killed, cifar_dir, cache), cwd=REPO, env=environment(),
-                        capture_output=True, text=True, timeout=600)
+  done = subprocess.run(tiny_run_command(killed, cifar_dir, cache), cwd=REPO,
+                        env=subprocess_environment(), capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
-  assert f"at step {STEPS_PER_EPOCH}" in done.stderr  # resumed from the last complete one
+  assert f"at step {TINY_RUN_STEPS_PER_EPOCH}" in done.stderr  # resumed from the last complete one
   step_straight, leaves_straight = final_state(straight)
   step_killed, leaves_killed = final_state(killed)
-  assert step_straight == step_killed == EPOCHS * STEPS_PER_EPOCH
+  assert step_straight == step_killed == TINY_RUN_EPOCHS * TINY_RUN_STEPS_PER_EPOCH
   for (path, a), (_, b) in zip(leaves_straight, leaves_killed):
     assert np.array_equal(np.asarray(a), np.asarray(b)), jax.tree_util.keystr(path)
   assert [p for p, _ in leaves_straight] == [p for p, _ in leaves_killed]
@@ -235,8 +214,8 @@ def test_a_stop_signal_exits_only_once_its_save_is_committed(cifar_dir, tmp_path
   from test_preemption import checkpoint_entries, logged_steps  # pylint: disable=g-import-not-at-top
 
   workdir, release = tmp_path / "work", tmp_path / "release"
-  env = environment(hook_dir, RELEASE=str(release), HOLD_STEP="all")
-  cmd = command(workdir, cifar_dir, tmp_path / "cache", "--config.num_epochs=50",
+  env = subprocess_environment(hook_dir, RELEASE=str(release), HOLD_STEP="all")
+  cmd = tiny_run_command(workdir, cifar_dir, tmp_path / "cache", "--config.num_epochs=50",
                 "--config.checkpoint_every_epochs=100")
   process = run_until(cmd, env, lambda: max(logged_steps(workdir), default=0) >= 3)
   process.send_signal(signal.SIGTERM)

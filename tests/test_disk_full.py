@@ -11,7 +11,6 @@ import errno
 import os
 import re
 import subprocess
-import sys
 import textwrap
 
 import jax
@@ -19,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import (REPO, TINY_RUN_EPOCHS, TINY_RUN_STEPS_PER_EPOCH, subprocess_environment,
+                      tiny_run_command)
 from rwl_jax.checkpoint import Checkpointer
 from rwl_jax.errors import RunError
 from rwl_jax.metrics import MetricWriter, read_rows
@@ -120,9 +120,6 @@ def test_metrics_on_a_full_disk_are_one_line(small_disk):
 
 # End to end, through the command line.
 
-STEPS_PER_EPOCH = 640 // 64
-EPOCHS = 3
-
 # Runs in the training process (as its sitecustomize): fills the disk (FILLER) just before the
 # checkpoint save of step SAVE_STEP, or before the metrics of step METRICS_STEP are written.
 FILL_THE_DISK = textwrap.dedent("""
@@ -159,27 +156,12 @@ FILL_THE_DISK = textwrap.dedent("""
     """)
 
 
-def command(workdir, cifar_dir, cache, *extra):
-  return [sys.executable, "-m", "rwl_jax.main", "--config=configs/cifar10_rwl.py",
-          f"--workdir={workdir}", f"--config.data.image_dir={cifar_dir}",
-          f"--config.data.cache_dir={cache}", f"--config.num_epochs={EPOCHS}",
-          "--config.global_batch_size=64", "--config.model.width=4",
-          "--config.model.projector_dims=(16,8)", "--config.log_every_steps=1",
-          "--config.checkpoint_every_epochs=1", "--config.keep_checkpoints=3",
-          "--config.eval.linear_epochs=1", "--config.eval.probe_batch_size=32", *extra]
-
-
-def environment(hook_dir=None, **variables):
-  path = ([str(hook_dir)] if hook_dir else []) + [str(REPO), os.environ.get("PYTHONPATH", "")]
-  return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(path), **variables)
-
-
 @pytest.fixture(scope="module")
 def straight_run(cifar_dir, tmp_path_factory):
   """The same command left alone, on a disk with room."""
   root = tmp_path_factory.mktemp("straight")
-  done = subprocess.run(command(root / "work", cifar_dir, root / "cache"), cwd=REPO,
-                        env=environment(), capture_output=True, text=True, timeout=600)
+  done = subprocess.run(tiny_run_command(root / "work", cifar_dir, root / "cache"), cwd=REPO,
+                        env=subprocess_environment(), capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
   return root / "work", root / "cache"
 
@@ -205,9 +187,10 @@ def test_a_disk_filling_up_mid_run_stops_in_one_line_and_resumes(
   hook_dir.mkdir()
   (hook_dir / "sitecustomize.py").write_text(FILL_THE_DISK)
   workdir, filler = small_disk / "work", small_disk / "users_file"
-  cmd = command(workdir, cifar_dir, cache, *extra)
+  cmd = tiny_run_command(workdir, cifar_dir, cache, *extra)
 
-  failed = subprocess.run(cmd, cwd=REPO, env=environment(hook_dir, FILLER=str(filler), **trigger),
+  failed = subprocess.run(cmd, cwd=REPO,
+                          env=subprocess_environment(hook_dir, FILLER=str(filler), **trigger),
                           capture_output=True, text=True, timeout=600)
   assert failed.returncode == 2, failed.stderr[-3000:]
   errors = [line for line in failed.stderr.splitlines() if line.startswith("error:")]
@@ -215,17 +198,17 @@ def test_a_disk_filling_up_mid_run_stops_in_one_line_and_resumes(
   assert re.match(rf"error: no space left on the device of {workdir}/{names}", errors[0]), errors
   assert "rerun the same command to resume" in errors[0]
   # Step 10's checkpoint is complete and the only one; no partial one is left; the user's file is.
-  assert checkpoint_entries(workdir) == [str(STEPS_PER_EPOCH)], checkpoint_entries(workdir)
+  assert checkpoint_entries(workdir) == [str(TINY_RUN_STEPS_PER_EPOCH)], checkpoint_entries(workdir)
   assert filler.exists() and not (workdir / "results.json").exists()
 
   os.remove(filler)  # space is back: the same command resumes
-  done = subprocess.run(cmd, cwd=REPO, env=environment(), capture_output=True, text=True,
+  done = subprocess.run(cmd, cwd=REPO, env=subprocess_environment(), capture_output=True, text=True,
                         timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
-  assert f"at step {STEPS_PER_EPOCH}" in done.stderr
+  assert f"at step {TINY_RUN_STEPS_PER_EPOCH}" in done.stderr
   step_straight, leaves_straight = final_state(straight)
   step_resumed, leaves_resumed = final_state(workdir)
-  assert step_straight == step_resumed == EPOCHS * STEPS_PER_EPOCH
+  assert step_straight == step_resumed == TINY_RUN_EPOCHS * TINY_RUN_STEPS_PER_EPOCH
   assert [p for p, _ in leaves_straight] == [p for p, _ in leaves_resumed]
   for (path, a), (_, b) in zip(leaves_straight, leaves_resumed):
     assert np.array_equal(np.asarray(a), np.asarray(b)), jax.tree_util.keystr(path)

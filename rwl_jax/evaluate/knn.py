@@ -42,6 +42,15 @@ def is_real(value) -> bool:
   return is_int(value) or isinstance(value, (float, np.floating))
 
 
+def check_compiled_shapes(caller: str, shapes: dict[str, tuple[int, ...]], train_x: np.ndarray,
+                          test_x: np.ndarray) -> None:
+  """A compiled evaluation takes the feature shapes it was compiled for: others would compile
+  again, inside the loop, so they are refused."""
+  given = {"train": train_x.shape, "test": test_x.shape}
+  if given != shapes:
+    raise ConfigError(f"{caller}: compiled for features of shapes {shapes}, got {given}")
+
+
 def check_features_and_labels(caller: str, train_features, train_labels, test_features,
                               test_labels, num_classes) -> tuple[Any, np.ndarray, Any, np.ndarray]:
   """Validates a (train, test) pair of feature/label arrays; shared by kNN and the linear probe.
@@ -232,10 +241,7 @@ class KnnSweep:
     _check_setting(self.caller, self.ks, temperature, 1)
     train_x, train_y, test_x, test_y = check_features_and_labels(
         self.caller, train_features, train_labels, test_features, test_labels, self.num_classes)
-    given = {"train": train_x.shape, "test": test_x.shape}
-    if given != self.shapes:
-      raise ConfigError(f"{self.caller}: compiled for features of shapes {self.shapes}, got "
-                        f"{given}")
+    check_compiled_shapes(self.caller, self.shapes, train_x, test_x)
     num_test = test_x.shape[0]
     _, correct = _tally(self.ks, self._columns, *self._compiled(
         train_x, train_y, test_x, test_y, np.float32(temperature)), num_test)

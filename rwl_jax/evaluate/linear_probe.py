@@ -37,7 +37,8 @@ import optax
 
 from rwl_jax import online_probe
 from rwl_jax.errors import ConfigError
-from rwl_jax.evaluate.knn import check_features_and_labels, is_int, is_real
+from rwl_jax.evaluate.knn import (check_compiled_shapes, check_features_and_labels, is_int,
+                                  is_real)
 
 _MOMENTUM = 0.9
 
@@ -165,10 +166,7 @@ class LinearProbe:
                test_labels) -> dict[str, float]:
     train_x, train_y, test_x, test_y = check_features_and_labels(
         self.caller, train_features, train_labels, test_features, test_labels, self.num_classes)
-    given = {"train": train_x.shape, "test": test_x.shape}
-    if given != self.shapes:
-      raise ConfigError(f"{self.caller}: compiled for features of shapes {self.shapes}, got "
-                        f"{given}")
+    check_compiled_shapes(self.caller, self.shapes, train_x, test_x)
     top1, top5 = self._compiled(train_x, train_y, test_x, test_y, *self._scalars)
     return {"top1": float(top1) / test_x.shape[0], "top5": float(top5) / test_x.shape[0]}
 
