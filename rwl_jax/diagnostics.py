@@ -1,10 +1,11 @@
 """Training diagnostics the theory says a run should watch: pure, jittable float32 functions.
 
-Notation as in losses.contrastive (and /work/shared/theory.md sections 1, 3, 5): two views of B
-images give z = concat(z1, z2) with N = 2B rows, z_hat_i = z_i / ||z_i||, pos(i) = (i + B) mod N,
-and P = D^-1 S is the row softmax of z_hat z_hat^T / tau with a zero diagonal. P always comes from
-losses.log_transition_rows / log_transition_matrix (a masked log-softmax), never from an explicit
-D^-1 S product, so every quantity here is exact for any tau > 0.
+Notation as in losses.contrastive (docs/theory.md holds the statements S2, R4-R6 cited below):
+two views of B images give z = concat(z1, z2) with N = 2B rows, z_hat_i = z_i / ||z_i||,
+pos(i) = (i + B) mod N, and P = D^-1 S is the row softmax of z_hat z_hat^T / tau with a zero
+diagonal. P always comes from losses.log_transition_rows / log_transition_matrix (a masked
+log-softmax), never from an explicit D^-1 S product, so every quantity here is exact for any
+tau > 0.
 
 What each diagnostic tells a run:
 

@@ -22,12 +22,11 @@ import ml_collections
 import optax
 from flax import nnx
 
-from rwl_jax import diagnostics, methods, models, parallel, rng
+from rwl_jax import diagnostics, methods, models, parallel, rng, tables
 from rwl_jax.configs import common
 from rwl_jax.data import augment_jax, device_pipeline
 from rwl_jax.data.recipe import AugmentRecipe
 from rwl_jax.errors import ConfigError
-from rwl_jax.evaluate import finetune
 from rwl_jax.online_probe import OnlineProbe
 from rwl_jax.step import ModelDefs, TrainState, make_train_step
 
@@ -128,7 +127,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                       f"got {tuple(evaluation.knn_k_sweep)!r}")
   fractions = tuple(evaluation.finetune_fractions)
   if not all(0 < f <= 1 for f in fractions) or len(
-      {finetune.fraction_name(f) for f in fractions}) < len(fractions):
+      {tables.fraction_name(f) for f in fractions}) < len(fractions):
     raise ConfigError(f"eval.finetune_fractions must be distinct fractions of the labels in (0, 1] "
                       f"like (0.01, 0.1) (() = off), got {fractions!r}")
   if not (isinstance(config.profile.start_step, int) and config.profile.start_step >= 0

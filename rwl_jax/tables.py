@@ -29,6 +29,12 @@ def knn_sweep_ks(results: dict[str, Any]) -> list[int]:
   return sorted(int(m.group(1)) for m in map(_SWEEP_KEY.match, results) if m)
 
 
+def fraction_name(fraction: float) -> str:
+  """The results-key part of a label fraction: 0.01 -> '1pct', 0.1 -> '10pct', 0.005 -> '0p5pct'
+  (finetune_names and percent_label read it back)."""
+  return f"{100 * fraction:g}".replace(".", "p") + "pct"
+
+
 def finetune_names(results: dict[str, Any]) -> list[str]:
   """The fraction names ('1pct', '10pct', '0p5pct') of every finetune_*_top1, by fraction."""
   names = [m.group(1) + "pct" for m in map(_FINETUNE_KEY.match, results) if m]

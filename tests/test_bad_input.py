@@ -149,7 +149,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
 
 
 def test_evaluate_a_directory_that_is_not_a_run(tmp_path):
-  from rwl_jax.evaluate.__main__ import evaluate_checkpoint  # pylint: disable=g-import-not-at-top
+  from rwl_jax.evaluate.run import evaluate_checkpoint  # pylint: disable=g-import-not-at-top
 
   with pytest.raises(ConfigError, match="config.json not found: --workdir must be a directory"):
     evaluate_checkpoint(str(tmp_path))

@@ -35,7 +35,7 @@ def test_damaged_newest_checkpoint_falls_back(cifar_dir, tmp_path, caplog):
 def test_lost_metadata_is_damage_not_a_config_mismatch(cifar_dir, tmp_path, caplog):
   """Before: a checkpoint whose metadata file was deleted was reported as 'does not match this
   config; use a new --workdir'. It is damage: set aside, previous one used, by evaluate too."""
-  from rwl_jax.evaluate.__main__ import evaluate_checkpoint  # pylint: disable=g-import-not-at-top
+  from rwl_jax.evaluate.run import evaluate_checkpoint  # pylint: disable=g-import-not-at-top
 
   config = tiny_config(cifar_dir, tmp_path / "cache")
   config.data.max_train_examples = 160  # checkpoints at 5 and 10

@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 
 from conftest import REPO, run_on_devices, tiny_config
-from rwl_jax import experiment, parallel
+from rwl_jax import experiment, parallel, tables
 from rwl_jax.configs import common
 from rwl_jax.data import sources
 from rwl_jax.data.recipe import AugmentRecipe
@@ -59,7 +59,7 @@ def test_subset_refuses_a_fraction_outside_0_1(fraction):
 
 
 def test_fraction_names_and_crop_flip_recipe():
-  assert [finetune.fraction_name(f) for f in (0.01, 0.1, 0.005, 1.0, 0.07)] == [
+  assert [tables.fraction_name(f) for f in (0.01, 0.1, 0.005, 1.0, 0.07)] == [
       "1pct", "10pct", "0p5pct", "100pct", "7pct"]
   recipe = finetune.crop_flip_recipe(AugmentRecipe(jitter_prob=0.8, grayscale_prob=0.2))
   assert (recipe.jitter_prob, recipe.grayscale_prob, recipe.flip_prob) == (0.0, 0.0, 0.5)
@@ -219,7 +219,7 @@ def test_train_and_evaluate_finetune_write_the_keys(cifar_dir, tmp_path):
 
   # A run written before fine-tuning existed (no eval.finetune_* in its config.json): --finetune
   # gives SimCLR's 1 % and 10 %; without it nothing is fine-tuned.
-  from rwl_jax.evaluate.__main__ import evaluate_checkpoint  # pylint: disable=g-import-not-at-top
+  from rwl_jax.evaluate.run import evaluate_checkpoint  # pylint: disable=g-import-not-at-top
 
   saved_config = json.loads((workdir / "config.json").read_text())
   for name in ("finetune_fractions", "finetune_batch_size", "finetune_learning_rate"):

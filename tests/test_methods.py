@@ -207,4 +207,10 @@ def test_trains_end_to_end(method, cifar_dir, tmp_path):
   assert [s for s, _ in steps_losses] == [1, 2, 3]
   assert all(np.isfinite(loss) for _, loss in steps_losses), steps_losses
   assert results["method"] == method and results["steps"] == 3
-  assert 0.0 <= results["knn_top1"] <= 1.0
+  # The final kNN: a count of the test images over their number, top-5 at least top-1, and the
+  # figure the run logged.
+  correct = results["knn_top1"] * results["test_examples"]
+  assert correct == pytest.approx(round(correct), abs=1e-6), results["knn_top1"]
+  assert 0 <= round(correct) <= results["test_examples"]
+  assert results["knn_top5"] >= results["knn_top1"]
+  assert [l["knn_top1"] for l in lines if "knn_top1" in l][-1] == results["knn_top1"]

@@ -8,7 +8,7 @@ import pytest
 from conftest import tiny_config
 from rwl_jax import train
 from rwl_jax.errors import ConfigError
-from rwl_jax.evaluate.__main__ import evaluate_checkpoint
+from rwl_jax.evaluate.run import evaluate_checkpoint
 
 pytestmark = pytest.mark.slow  # compiles full train steps; `-m 'not slow'` skips it
 

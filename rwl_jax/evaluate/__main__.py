@@ -18,7 +18,7 @@ import jax
 from absl import flags
 
 from rwl_jax import cli, tables
-from rwl_jax.evaluate.run import load_run, write_results
+from rwl_jax.evaluate.run import evaluate_checkpoint
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training run's directory.", required=True)
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the newest).")
@@ -29,15 +29,6 @@ _EVAL_IMAGE_DIR = flags.DEFINE_string(
 _FINETUNE = flags.DEFINE_bool(
     "finetune", False, "Also fine-tune the encoder on the run's eval.finetune_fractions of the "
     "labels (1% and 10% when it has none) and report finetune_*pct_top1/top5.")
-
-
-def evaluate_checkpoint(workdir: str, step: int | None = None, linear: bool = True,
-                        finetune: bool = False, eval_image_dir: str = "") -> dict:
-  run = load_run(workdir, step, eval_image_dir)
-  results = run.evaluate(linear=linear, finetune=finetune)
-  results.update(step=run.step, method=run.config.method)
-  write_results(run, results)
-  return results
 
 
 def main():

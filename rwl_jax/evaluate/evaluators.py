@@ -26,7 +26,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from rwl_jax import online_probe, parallel
+from rwl_jax import online_probe, parallel, tables
 from rwl_jax.data import order, sources
 from rwl_jax.errors import ConfigError
 from rwl_jax.evaluate import finetune
@@ -283,7 +283,7 @@ class FinetuneEvaluator:
           epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate,
           seed=self.seed, recipe=self.experiment.recipe, image_size=config.data.image_size,
           mesh=self.experiment.mesh, eval_batch_size=config.eval.batch_size)
-      name = finetune.fraction_name(fraction)
+      name = tables.fraction_name(fraction)
       results.update({f"finetune_{name}_{key}": value for key, value in accuracy.items()})
     return results
 

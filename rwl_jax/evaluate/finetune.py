@@ -54,11 +54,6 @@ HEAD_INIT_STDDEV = 0.01
 _KEY_TAG = 0x46494E45  # "FINE"
 
 
-def fraction_name(fraction: float) -> str:
-  """The results-key part of a label fraction: 0.01 -> '1pct', 0.1 -> '10pct', 0.005 -> '0p5pct'."""
-  return f"{100 * fraction:g}".replace(".", "p") + "pct"
-
-
 def labelled_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
   """Sorted indices of a class-balanced, seeded subset of the labelled split (module docstring).
 

@@ -3,6 +3,8 @@
   run = load_run("runs/rwl")            # the newest checkpoint
   features, labels = run.features("test")
 
+  results = evaluate_checkpoint("runs/rwl")   # what `python -m rwl_jax.evaluate` prints
+
 Used by `python -m rwl_jax.evaluate` and the Colab notebook's representation plot. The run is
 rebuilt through the same experiment builder as training, so it restores into the same state.
 """
@@ -119,3 +121,15 @@ def write_results(run: Run, results: dict) -> epath.Path:
   if jax.process_index() == 0:
     metrics.write_results(results, path)
   return path
+
+
+def evaluate_checkpoint(workdir: epath.PathLike, step: int | None = None, linear: bool = True,
+                        finetune: bool = False, eval_image_dir: str = "") -> dict:
+  """What `python -m rwl_jax.evaluate` computes and writes: load_run, then every evaluation of
+  the run's config (the linear probe unless linear=False, fine-tuning if finetune), with the step
+  and method added, written to workdir/eval_step_N.json; returns the results."""
+  run = load_run(workdir, step, eval_image_dir)
+  results = run.evaluate(linear=linear, finetune=finetune)
+  results.update(step=run.step, method=run.config.method)
+  write_results(run, results)
+  return results
