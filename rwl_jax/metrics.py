@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from typing import Any, Callable, Iterable, Mapping
 
@@ -262,6 +263,27 @@ def configure_logging() -> None:
   error line, which says what failed and what is kept)."""
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_orbax_in_brief)
+  sys.unraisablehook = _ClosedLoopInBrief()
+
+
+class _ClosedLoopInBrief:
+  """sys.unraisablehook: when Orbax's restore of a damaged checkpoint fails, the TensorStore
+  reads still in flight finish after Orbax has closed its event loop, and each would print a
+  traceback from TensorStore's thread, after the damage was already reported in one line (and the
+  previous checkpoint used). One warning says so; any other unraisable exception is printed as
+  usual."""
+
+  def __init__(self):
+    self.reported = False
+
+  def __call__(self, unraisable) -> None:
+    error = unraisable.exc_value
+    if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+      sys.__unraisablehook__(unraisable)
+    elif not self.reported:
+      self.reported = True
+      logging.warning("reads of an abandoned checkpoint restore ended after its event loop had "
+                      "closed (harmless: that checkpoint was not used)")
 
 
 def _orbax_in_brief(record) -> bool:

@@ -82,8 +82,10 @@ def load(workdir: epath.PathLike) -> dict[str, Any]:
   if workdir.exists() and not workdir.is_dir():
     raise ConfigError(f"--workdirs {workdir} is a file, not a run's folder")
   results_path, metrics_path = workdir / metrics.RESULTS_FILE, workdir / metrics.METRICS_FILE
+  # Without results.json a run still has a curve if it logged one (it is running, or it stopped
+  # before its final evaluation); without either file it is not a run.
   finished = results_path.exists()
-  for path in (results_path, metrics_path) if finished else (metrics_path,):
+  for path in (results_path, metrics_path) if finished or not metrics_path.exists() else ():
     if not path.exists():
       raise ConfigError(f"{path} not found: {workdir} is not a finished run")
   if finished:

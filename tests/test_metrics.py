@@ -2,6 +2,7 @@
 
 import json
 import logging
+import sys
 
 import pytest
 
@@ -149,3 +150,28 @@ def test_trims_a_gs_workdir_through_epath(tmp_path, clock):
   assert [row["step"] for row in rows_of(tmp_path / "bucket" / "run")] == [5, 10, 15]
   assert sorted(p.name for p in (tmp_path / "bucket" / "run").iterdir()) == [
       "metrics.jsonl", "tensorboard"]
+
+
+def test_closed_event_loop_tracebacks_of_an_abandoned_restore_are_one_warning(capsys, caplog):
+  """Orbax's failed restore of a damaged checkpoint leaves TensorStore reads that end after its
+  event loop closed: one warning for all of them, not a traceback each; other unraisable
+  exceptions are still printed."""
+  previous = sys.unraisablehook
+  try:
+    metrics.configure_logging()
+
+    class RaisesWhenCollected:  # Python reports an exception in __del__ as unraisable
+      def __init__(self, error):
+        self.error = error
+
+      def __del__(self):
+        raise self.error
+
+    for _ in range(3):
+      RaisesWhenCollected(RuntimeError("Event loop is closed"))
+    assert capsys.readouterr().err == ""
+    assert caplog.text.count("abandoned checkpoint restore") == 1
+    RaisesWhenCollected(ValueError("something else"))
+    assert "ValueError: something else" in capsys.readouterr().err
+  finally:
+    sys.unraisablehook = previous
