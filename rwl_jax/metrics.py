@@ -259,8 +259,9 @@ def _write_event_files_through_epath() -> None:
 
 def configure_logging() -> None:
   """INFO progress lines; Orbax's per-save INFO chatter dropped, its warnings and errors kept as
-  one line each (a failed save's traceback, logged from Orbax's thread, would bury the run's own
-  error line, which says what failed and what is kept)."""
+  one line each, and so are asyncio's about the futures of a failed save or restore that nobody
+  awaited (their tracebacks, logged from Orbax's threads, would bury the run's own error line,
+  which says what failed and what is kept)."""
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_orbax_in_brief)
   sys.unraisablehook = _ClosedLoopInBrief()
@@ -287,7 +288,7 @@ class _ClosedLoopInBrief:
 
 
 def _orbax_in_brief(record) -> bool:
-  if "/orbax/" not in record.pathname:
+  if "/orbax/" not in record.pathname and record.name != "asyncio":
     return True
   if record.levelno < logging.converter.STANDARD_WARNING:
     return False

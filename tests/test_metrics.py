@@ -2,7 +2,9 @@
 
 import json
 import logging
+import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -175,3 +177,30 @@ def test_closed_event_loop_tracebacks_of_an_abandoned_restore_are_one_warning(ca
     assert "ValueError: something else" in capsys.readouterr().err
   finally:
     sys.unraisablehook = previous
+
+
+def test_asyncio_errors_of_unawaited_futures_are_one_line():
+  """asyncio's 'Future exception was never retrieved' (futures of a failed save nobody awaited)
+  comes with a traceback each; a tool's log keeps one line of it (through absl's handler, as in
+  every command)."""
+  script = textwrap.dedent("""
+      import logging
+      from absl import app
+      from rwl_jax import metrics
+
+      def main(_):
+        metrics.configure_logging()
+        try:
+          raise ValueError("RESOURCE_EXHAUSTED: No space left on device\\n[tensorstore_spec=]")
+        except ValueError as error:
+          logging.getLogger("asyncio").error(
+              "Future exception was never retrieved\\nfuture: <Future>", exc_info=error)
+
+      app.run(main)
+      """)
+  done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                        timeout=120)
+  assert done.returncode == 0, done.stderr
+  lines = [line for line in done.stderr.splitlines() if "never retrieved" in line]
+  assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+  assert "RESOURCE_EXHAUSTED" not in done.stderr  # the exception's pages stay out of the log
