@@ -268,11 +268,11 @@ def configure_logging() -> None:
 
 
 class _ClosedLoopInBrief:
-  """sys.unraisablehook: when Orbax's restore of a damaged checkpoint fails, the TensorStore
-  reads still in flight finish after Orbax has closed its event loop, and each would print a
-  traceback from TensorStore's thread, after the damage was already reported in one line (and the
-  previous checkpoint used). One warning says so; any other unraisable exception is printed as
-  usual."""
+  """sys.unraisablehook: when an Orbax restore of a damaged checkpoint or a save on a full disk
+  fails, the TensorStore reads or writes still in flight finish after Orbax has closed its event
+  loop, and each would print a traceback from TensorStore's thread, beside the one line that
+  already says what failed and what is kept. One warning says so; any other unraisable exception
+  is printed as usual."""
 
   def __init__(self):
     self.reported = False
@@ -283,8 +283,8 @@ class _ClosedLoopInBrief:
       sys.__unraisablehook__(unraisable)
     elif not self.reported:
       self.reported = True
-      logging.warning("reads of an abandoned checkpoint restore ended after its event loop had "
-                      "closed (harmless: that checkpoint was not used)")
+      logging.warning("TensorStore operations of a failed checkpoint save or restore ended after "
+                      "Orbax's event loop had closed (harmless: that checkpoint is not used)")
 
 
 def _orbax_in_brief(record) -> bool:

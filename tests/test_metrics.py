@@ -155,9 +155,9 @@ def test_trims_a_gs_workdir_through_epath(tmp_path, clock):
 
 
 def test_closed_event_loop_tracebacks_of_an_abandoned_restore_are_one_warning(capsys, caplog):
-  """Orbax's failed restore of a damaged checkpoint leaves TensorStore reads that end after its
-  event loop closed: one warning for all of them, not a traceback each; other unraisable
-  exceptions are still printed."""
+  """A failed Orbax restore (a damaged checkpoint) or save (a full disk) leaves TensorStore
+  operations that end after its event loop closed: one warning for all of them, not a traceback
+  each; other unraisable exceptions are still printed."""
   previous = sys.unraisablehook
   try:
     metrics.configure_logging()
@@ -172,7 +172,7 @@ def test_closed_event_loop_tracebacks_of_an_abandoned_restore_are_one_warning(ca
     for _ in range(3):
       RaisesWhenCollected(RuntimeError("Event loop is closed"))
     assert capsys.readouterr().err == ""
-    assert caplog.text.count("abandoned checkpoint restore") == 1
+    assert caplog.text.count("failed checkpoint save or restore") == 1
     RaisesWhenCollected(ValueError("something else"))
     assert "ValueError: something else" in capsys.readouterr().err
   finally:
