@@ -173,7 +173,7 @@ def run_until(cmd, env, when, timeout=300):
 
 @pytest.mark.slow  # three short training runs in subprocesses
 def test_sigkill_during_an_async_save_resumes_bit_identical(cifar_dir, tmp_path, hook_dir):
-  from test_preemption import checkpoint_entries, final_state, logged_steps  # pylint: disable=g-import-not-at-top
+  from test_preemption import assert_same_final_state, checkpoint_entries, logged_steps  # pylint: disable=g-import-not-at-top
 
   cache = tmp_path / "cache"
   straight = tmp_path / "straight"
@@ -198,12 +198,7 @@ def test_sigkill_during_an_async_save_resumes_bit_identical(cifar_dir, tmp_path,
                         env=subprocess_environment(), capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
   assert f"at step {TINY_RUN_STEPS_PER_EPOCH}" in done.stderr  # resumed from the last complete one
-  step_straight, leaves_straight = final_state(straight)
-  step_killed, leaves_killed = final_state(killed)
-  assert step_straight == step_killed == TINY_RUN_EPOCHS * TINY_RUN_STEPS_PER_EPOCH
-  for (path, a), (_, b) in zip(leaves_straight, leaves_killed):
-    assert np.array_equal(np.asarray(a), np.asarray(b)), jax.tree_util.keystr(path)
-  assert [p for p, _ in leaves_straight] == [p for p, _ in leaves_killed]
+  assert_same_final_state(straight, killed, TINY_RUN_EPOCHS * TINY_RUN_STEPS_PER_EPOCH)
 
 
 @pytest.mark.slow  # one short training run in a subprocess

@@ -180,7 +180,7 @@ def straight_run(cifar_dir, tmp_path_factory):
 ], ids=["synchronous save", "asynchronous save", "metrics"])
 def test_a_disk_filling_up_mid_run_stops_in_one_line_and_resumes(
     extra, trigger, names, small_disk, straight_run, cifar_dir, tmp_path):
-  from test_preemption import checkpoint_entries, final_state  # pylint: disable=g-import-not-at-top
+  from test_preemption import assert_same_final_state, checkpoint_entries  # pylint: disable=g-import-not-at-top
 
   straight, cache = straight_run
   hook_dir = tmp_path / "hook"
@@ -206,9 +206,4 @@ def test_a_disk_filling_up_mid_run_stops_in_one_line_and_resumes(
                         timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
   assert f"at step {TINY_RUN_STEPS_PER_EPOCH}" in done.stderr
-  step_straight, leaves_straight = final_state(straight)
-  step_resumed, leaves_resumed = final_state(workdir)
-  assert step_straight == step_resumed == TINY_RUN_EPOCHS * TINY_RUN_STEPS_PER_EPOCH
-  assert [p for p, _ in leaves_straight] == [p for p, _ in leaves_resumed]
-  for (path, a), (_, b) in zip(leaves_straight, leaves_resumed):
-    assert np.array_equal(np.asarray(a), np.asarray(b)), jax.tree_util.keystr(path)
+  assert_same_final_state(straight, workdir, TINY_RUN_EPOCHS * TINY_RUN_STEPS_PER_EPOCH)

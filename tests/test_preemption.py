@@ -73,6 +73,16 @@ def final_state(workdir):
   return step, jax.tree_util.tree_leaves_with_path(restored)
 
 
+def assert_same_final_state(straight, other, steps: int) -> None:
+  """The newest checkpoints of two workdirs are both of `steps` and equal bit for bit."""
+  step_straight, leaves_straight = final_state(straight)
+  step_other, leaves_other = final_state(other)
+  assert step_straight == step_other == steps
+  assert [path for path, _ in leaves_straight] == [path for path, _ in leaves_other]
+  for (path, a), (_, b) in zip(leaves_straight, leaves_other):
+    assert np.array_equal(np.asarray(a), np.asarray(b)), jax.tree_util.keystr(path)
+
+
 def test_sigkill_anywhere_then_resume_is_bit_identical(cifar_dir, tmp_path):
   cache = tmp_path / "cache"
   straight = tmp_path / "straight"
@@ -99,12 +109,7 @@ def test_sigkill_anywhere_then_resume_is_bit_identical(cifar_dir, tmp_path):
   assert done.returncode == 0, done.stderr[-3000:]
   assert "resumed from" in done.stderr
 
-  step_straight, leaves_straight = final_state(straight)
-  step_killed, leaves_killed = final_state(killed)
-  assert step_straight == step_killed == EPOCHS * STEPS_PER_EPOCH
-  assert [path for path, _ in leaves_straight] == [path for path, _ in leaves_killed]
-  for (path, a), (_, b) in zip(leaves_straight, leaves_killed):
-    assert np.array_equal(np.asarray(a), np.asarray(b)), jax.tree_util.keystr(path)
+  assert_same_final_state(straight, killed, EPOCHS * STEPS_PER_EPOCH)
   # Same final evaluation too (same features, same probe).
   results = [json.loads((w / "results.json").read_text()) for w in (straight, killed)]
   assert results[0]["knn_top1"] == results[1]["knn_top1"]
