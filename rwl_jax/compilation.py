@@ -18,6 +18,7 @@ import dataclasses
 import os
 import threading
 import time
+from typing import Callable
 
 import jax
 from absl import logging
@@ -90,6 +91,21 @@ class Compilation:
   at: float  # time.perf_counter() when it ended
 
 
+_OPEN_LOGS: list["CompileLog"] = []  # the logs open now, which JAX's events reach
+_LISTENERS_REGISTERED = threading.Event()  # set once for the process
+_LISTENING_LOCK = threading.Lock()
+
+
+def _to_open_logs(method: str) -> Callable[..., None]:
+  """A JAX monitoring listener that hands each event to every open CompileLog's `method`."""
+
+  def listener(*args, **kwargs) -> None:
+    for log in list(_OPEN_LOGS):
+      getattr(log, method)(*args, **kwargs)
+
+  return listener
+
+
 class CompileLog:
   """Records every executable JAX requests while open (see the module docstring); thread-safe."""
 
@@ -112,13 +128,18 @@ class CompileLog:
                                            hit, time.perf_counter()))
 
   def __enter__(self) -> "CompileLog":
-    jax.monitoring.register_event_listener(self._on_event)
-    jax.monitoring.register_event_duration_secs_listener(self._on_duration)
+    with _LISTENING_LOCK:
+      if not _LISTENERS_REGISTERED.is_set():
+        # Registered once per process: jax before 0.8 cannot unregister a listener.
+        jax.monitoring.register_event_listener(_to_open_logs("_on_event"))
+        jax.monitoring.register_event_duration_secs_listener(_to_open_logs("_on_duration"))
+        _LISTENERS_REGISTERED.set()
+      _OPEN_LOGS.append(self)
     return self
 
   def __exit__(self, *exc_info) -> None:
-    jax.monitoring.unregister_event_listener(self._on_event)
-    jax.monitoring.unregister_event_duration_listener(self._on_duration)
+    with _LISTENING_LOCK:
+      _OPEN_LOGS.remove(self)
 
   def compiled(self, since: float = float("-inf")) -> list[tuple[str, float]]:
     """(name, seconds) of each executable XLA compiled (ended after `since`)."""

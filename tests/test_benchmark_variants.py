@@ -281,7 +281,14 @@ def test_a_cpu_trace_of_steps_has_busy_host_xla_ops(tmp_path):
                                                         + jnp.sort(x, axis=0)[0].sum()}))
   x = jnp.ones((128, 128))
   state, _ = step(jnp.zeros(()), x)  # compiled before the trace
-  summary = benchmark.trace_steps(step, state, (x,), steps=3, directory=tmp_path / "trace")
+  try:
+    summary = benchmark.trace_steps(step, state, (x,), steps=3, directory=tmp_path / "trace")
+  except ConfigError as error:
+    version = tuple(int(part) for part in jax.__version__.split(".")[:2])
+    if "no host events with an hlo_op argument" in str(error) and version < (0, 10):
+      # Seen at the declared floor, jax 0.7.1; the CPU traces of jax 0.10 name them.
+      pytest.skip(f"jax {jax.__version__}'s CPU traces name no HLO ops")
+    raise
   assert summary["source"] == "host" and summary["steps"] == 3 and summary["steps_from"] == "given"
   assert summary["lines"] and all("XLA" in line for line in summary["lines"]), summary["lines"]
   assert 0 < summary["busy_ms_per_step"] <= summary["span_ms_per_step"]
