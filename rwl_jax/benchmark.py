@@ -355,7 +355,7 @@ def benchmark_pipeline(config, *, steps: int, warmup: int) -> dict[str, Any]:
   from rwl_jax.data import pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow)
   from rwl_jax.data.recipe import AugmentRecipe  # pylint: disable=g-import-not-at-top
 
-  data = data_inputs.load_data(config)
+  data = data_inputs.load_data(config.data, train_labels=config.eval.online_probe)
   batches = pipeline.train_batches(data.train, shards=data.train_shards,
                                    global_batch_size=config.global_batch_size,
                                    recipe=AugmentRecipe.from_config(config.augment),

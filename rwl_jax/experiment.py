@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -22,16 +22,14 @@ import ml_collections
 import optax
 from flax import nnx
 
-from rwl_jax import diagnostics, methods, models, parallel, rng, tables
+from rwl_jax import diagnostics, methods, models, optimizer, parallel, rng
 from rwl_jax.configs import common
-from rwl_jax.data import augment_jax, device_pipeline
+from rwl_jax.data import augment_jax, device_pipeline, inputs
+from rwl_jax.evaluate import evaluators
 from rwl_jax.data.recipe import AugmentRecipe
 from rwl_jax.errors import ConfigError
 from rwl_jax.online_probe import OnlineProbe
 from rwl_jax.step import ModelDefs, TrainState, make_train_step
-
-AUGMENT_ON = ("host", "device")
-
 
 def _positive_int(value: Any) -> bool:
   return isinstance(value, int) and not isinstance(value, bool) and value >= 1
@@ -55,17 +53,16 @@ def _type_problem(value: Any, default: Any) -> str | None:
   return None
 
 
-def check_types(config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict,
-                prefix: str = "") -> None:
-  """Every field of the config that the library defines has the type of its default (a config
-  file or a JSON config.json can hold anything; an override of a tuple with a number is one
-  line here rather than a traceback inside the augmentation)."""
+def check_types(config: Mapping[str, Any], defaults: Mapping[str, Any], prefix: str = "") -> None:
+  """Every field of the config (as a dict) that the library defines has the type of its default
+  (a config file or a JSON config.json can hold anything; an override of a tuple with a number is
+  one line here rather than a traceback inside the augmentation)."""
   for name, default in defaults.items():
     if name not in config:
       continue
     value = config[name]
-    if isinstance(default, ml_collections.ConfigDict):
-      if not isinstance(value, ml_collections.ConfigDict):
+    if isinstance(default, Mapping):
+      if not isinstance(value, Mapping):
         raise ConfigError(f"{prefix}{name} must be a section of fields, got {value!r}")
       check_types(value, default, f"{prefix}{name}.")
       continue
@@ -74,104 +71,69 @@ def check_types(config: ml_collections.ConfigDict, defaults: ml_collections.Conf
       raise ConfigError(f"{prefix}{name} must be {expected}, got {value!r}")
 
 
-def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Checks the values a run depends on, evaluation included, before any work starts; raises
-  ConfigError with one line naming the problem."""
-  check_types(config, common.get_config())
-  if not 0 <= config.seed < 2**31:
-    raise ConfigError(f"seed must be an integer in [0, 2**31), got {config.seed}")
-  methods.validate(config)
-  if not _positive_int(config.num_epochs):
-    raise ConfigError(f"num_epochs must be a positive integer, got {config.num_epochs}")
-  if not (isinstance(config.global_batch_size, int) and config.global_batch_size >= 2):
+def _check_run_fields(config: Mapping[str, Any]) -> None:
+  """The top-level fields: what is trained for how long, and how the run is logged and kept."""
+  if not 0 <= config["seed"] < 2**31:
+    raise ConfigError(f"seed must be an integer in [0, 2**31), got {config['seed']}")
+  if not _positive_int(config["num_epochs"]):
+    raise ConfigError(f"num_epochs must be a positive integer, got {config['num_epochs']}")
+  batch_size = config["global_batch_size"]
+  if not (isinstance(batch_size, int) and batch_size >= 2):
     raise ConfigError(f"global_batch_size must be >= 2 (pairs need negatives) and an integer, "
-                      f"got {config.global_batch_size!r}")
-  if not config.optimizer.learning_rate > 0:
-    raise ConfigError(f"optimizer.learning_rate must be > 0, got {config.optimizer.learning_rate}")
-  if config.optimizer.name not in ("sgd", "lars"):
-    raise ConfigError(f"unknown optimizer.name {config.optimizer.name!r}; choose 'sgd' or 'lars'")
-  if not 0 <= config.optimizer.warmup_epochs < config.num_epochs:
-    raise ConfigError(f"optimizer.warmup_epochs must be in [0, num_epochs), got "
-                      f"{config.optimizer.warmup_epochs}")
+                      f"got {batch_size!r}")
   for name in ("log_every_steps", "checkpoint_every_epochs", "keep_checkpoints"):
     if not _positive_int(config[name]):
       raise ConfigError(f"{name} must be an integer >= 1, got {config[name]!r}")
-  if not isinstance(config.checkpoint_async, bool):
-    raise ConfigError(f"checkpoint_async must be True or False, got {config.checkpoint_async!r}")
-  if config.data.augment_on not in AUGMENT_ON:
-    raise ConfigError(f"data.augment_on must be 'host' (tf.data) or 'device' (JAX), got "
-                      f"{config.data.augment_on!r}")
-  if not (isinstance(config.data.num_shards, int) and config.data.num_shards >= 0):
-    raise ConfigError(f"data.num_shards must be an integer >= 0 (0 = one per process), got "
-                      f"{config.data.num_shards!r}")
-  evaluation = config.eval
-  for name in ("batch_size", "knn_k", "linear_epochs", "linear_batch_size", "finetune_epochs",
-               "finetune_batch_size"):
-    if not _positive_int(evaluation[name]):
-      raise ConfigError(f"eval.{name} must be an integer >= 1, got {evaluation[name]!r}")
-  for name in ("knn_every_epochs", "linear_every_epochs", "online_probe_every_epochs",
-               "probe_batch_size"):
-    if not (isinstance(evaluation[name], int) and evaluation[name] >= 0):
-      raise ConfigError(f"eval.{name} must be an integer >= 0 (0 = off), got {evaluation[name]!r}")
-  if not isinstance(evaluation.online_probe, bool):
-    raise ConfigError(f"eval.online_probe must be True or False, got {evaluation.online_probe!r}")
-  for name in ("knn_temperature", "linear_learning_rate", "online_probe_learning_rate",
-               "finetune_learning_rate"):
-    if not evaluation[name] > 0:
-      raise ConfigError(f"eval.{name} must be > 0, got {evaluation[name]!r}")
-  if not evaluation.linear_weight_decay >= 0:
-    raise ConfigError(f"eval.linear_weight_decay must be >= 0, got "
-                      f"{evaluation.linear_weight_decay!r}")
-  if not all(_positive_int(k) for k in evaluation.knn_k_sweep):
-    raise ConfigError(f"eval.knn_k_sweep must be integers >= 1 like (10, 20, 100, 200) (() = off), "
-                      f"got {tuple(evaluation.knn_k_sweep)!r}")
-  fractions = tuple(evaluation.finetune_fractions)
-  if not all(0 < f <= 1 for f in fractions) or len(
-      {tables.fraction_name(f) for f in fractions}) < len(fractions):
-    raise ConfigError(f"eval.finetune_fractions must be distinct fractions of the labels in (0, 1] "
-                      f"like (0.01, 0.1) (() = off), got {fractions!r}")
-  if not (isinstance(config.profile.start_step, int) and config.profile.start_step >= 0
-          and _positive_int(config.profile.num_steps)):
+  if not isinstance(config["checkpoint_async"], bool):
+    raise ConfigError(f"checkpoint_async must be True or False, got {config['checkpoint_async']!r}")
+  profile = config["profile"]
+  if not (isinstance(profile["start_step"], int) and profile["start_step"] >= 0
+          and _positive_int(profile["num_steps"])):
     raise ConfigError(f"profile.start_step must be >= 0 (0 = off) and profile.num_steps >= 1, got "
-                      f"{config.profile.start_step}, {config.profile.num_steps}")
-  AugmentRecipe.from_config(config.augment)
-  models.validate(config.model, image_size=config.data.image_size)
+                      f"{profile['start_step']}, {profile['num_steps']}")
 
 
-def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
-  """SGD (momentum, weight decay on every parameter, as torch.optim.SGD) or LARS; warmup+cosine."""
-  opt = config.optimizer
-  total_steps = steps_per_epoch * config.num_epochs
-  warmup_steps = int(round(opt.warmup_epochs * steps_per_epoch))
-  schedule = optax.warmup_cosine_decay_schedule(
-      init_value=0.0 if warmup_steps else opt.learning_rate, peak_value=opt.learning_rate,
-      warmup_steps=warmup_steps, decay_steps=total_steps,
-      end_value=opt.learning_rate * opt.final_lr_fraction)
-  if opt.name == "sgd":
-    tx = optax.chain(optax.add_decayed_weights(opt.weight_decay),
-                     optax.sgd(schedule, momentum=opt.momentum, nesterov=opt.nesterov))
-  else:
-    # LARS convention: no weight decay or trust ratio on biases and BatchNorm parameters.
-    matrices_only = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
-    tx = optax.lars(schedule, weight_decay=opt.weight_decay, weight_decay_mask=matrices_only,
-                    trust_coefficient=opt.trust_coefficient, trust_ratio_mask=matrices_only,
-                    momentum=opt.momentum, nesterov=opt.nesterov)
-  return tx, schedule
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Checks the values a run depends on, evaluation included, before any work starts; raises
+  ConfigError with one line naming the problem. The types and the top-level fields are checked
+  here on a copy; each section is checked by its owner (methods, optimizer, data.inputs,
+  evaluate.evaluators, models, data.recipe)."""
+  values = config.to_dict()
+  check_types(values, common.get_config().to_dict())
+  _check_run_fields(values)
+  owners = ((methods.validate, (config,), {}),
+            (optimizer.validate, (config.optimizer,), {"num_epochs": config.num_epochs}),
+            (inputs.validate, (config.data,), {}),
+            (evaluators.validate, (config.eval,), {}),
+            (models.validate, (config.model,), {"image_size": config.data.image_size}),
+            (AugmentRecipe.from_config, (config.augment,), {}))
+  for check, sections, settings in owners:
+    check(*sections, **settings)
 
 
 @dataclasses.dataclass(frozen=True)
 class Experiment:
-  """The built experiment (see the module docstring). Fields are read-only; build() makes one."""
+  """The built experiment (see the module docstring). Fields are read-only; build() makes one.
 
-  config: ml_collections.ConfigDict
+  It carries the few settings of the config that the loop, its hooks and the evaluators need
+  (batch size, epochs, image size, seed, the input path, the evaluation batch size), so nothing
+  after build() reads the config.
+  """
+
   mesh: jax.sharding.Mesh
   method: methods.Method
   recipe: AugmentRecipe
   defs: ModelDefs
   tx: optax.GradientTransformation
   schedule: optax.Schedule
+  global_batch_size: int
+  num_epochs: int
   steps_per_epoch: int
   num_steps: int
+  image_size: int
+  seed: int
+  augment_on: str  # where the views are made: 'host' (tf.data) or 'device' (in the step)
+  eval_batch_size: int  # the feature extraction's global batch (eval.batch_size)
   train_step: Callable  # the pure step on ready-made views: (state, {'view1', 'view2'})
   jitted_step: Callable  # jit of the step the config's input path feeds (host or device views)
   features: Callable  # jit((params, batch_stats, uint8 images, rows)) -> (features, rows)
@@ -198,7 +160,7 @@ class Experiment:
   def host_inputs_spec(self) -> tuple[dict[str, jax.ShapeDtypeStruct]]:
     """The abstract inputs of the host-views step: float32 views [B, S, S, 3] (and int32 labels
     [B] with the online probe), data-sharded."""
-    size, batch_size = self.config.data.image_size, self.config.global_batch_size
+    size, batch_size = self.image_size, self.global_batch_size
     view = jax.ShapeDtypeStruct((batch_size, size, size, 3), jnp.float32,
                                 sharding=self.data_sharded)
     spec = {"view1": view, "view2": view}
@@ -227,32 +189,39 @@ class Experiment:
 def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *,
           steps_per_epoch: int, num_classes: int | None = None) -> Experiment:
   """Builds the experiment of a validated config on `mesh` for a split of steps_per_epoch batches
-  (and num_classes labels, needed only by the online probe)."""
+  (and num_classes labels, needed only by the online probe). The one reader of the whole config:
+  it reads what it needs here, at the top, and hands each owner its section."""
+  seed, num_epochs, batch_size = config.seed, config.num_epochs, config.global_batch_size
+  image_size, augment_on = config.data.image_size, config.data.augment_on
+  model_config, temperature = config.model, float(config.temperature)
+  optimizer_config, augment = config.optimizer, config.augment
+  evaluation = config.eval
+  with_online_probe, eval_batch_size = evaluation.online_probe, evaluation.batch_size
+  online_probe_learning_rate = float(evaluation.online_probe_learning_rate)
+  method = methods.get(config, mesh)  # the method's own sections (its loss, EMA, heads)
   if steps_per_epoch < 1:
     raise ConfigError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
-  if config.eval.online_probe and not (num_classes or 0) >= 2:
+  if with_online_probe and not (num_classes or 0) >= 2:
     raise ConfigError(f"eval.online_probe needs the dataset's classes (>= 2), got {num_classes}")
-  parallel.check_batch_divisible(config.global_batch_size, mesh)
-  models.check_devices(config.model, mesh.devices.size)
-  recipe = AugmentRecipe.from_config(config.augment)
-  method = methods.get(config, mesh)
-  tx, schedule = create_optimizer(config, steps_per_epoch)
-  num_steps = steps_per_epoch * config.num_epochs
+  parallel.check_batch_divisible(batch_size, mesh)
+  models.check_devices(model_config, mesh.devices.size)
+  recipe = AugmentRecipe.from_config(augment)
+  tx, schedule = optimizer.create(optimizer_config, num_epochs=num_epochs,
+                                  steps_per_epoch=steps_per_epoch)
+  num_steps = steps_per_epoch * num_epochs
   replicated, sharded = parallel.replicated(mesh), parallel.data_sharded(mesh)
 
-  build_network = lambda: models.build_network(config.model, seed=config.seed,
-                                               predictor=method.predictor,
-                                               image_size=config.data.image_size)
+  build_network = lambda: models.build_network(model_config, seed=seed,
+                                               predictor=method.predictor, image_size=image_size)
   abstract_model = nnx.eval_shape(build_network)
   train_def = nnx.split(abstract_model, nnx.Param, nnx.BatchStat)[0]
   abstract_model.eval()  # BatchNorm uses its running statistics in evaluation.
   eval_def = nnx.split(abstract_model, nnx.Param, nnx.BatchStat)[0]
   defs = ModelDefs(train=train_def, eval=eval_def)
   online_probe = None
-  if config.eval.online_probe:
+  if with_online_probe:
     online_probe = OnlineProbe(num_features=abstract_model.encoder.num_features,
-                               num_classes=num_classes,
-                               learning_rate=float(config.eval.online_probe_learning_rate))
+                               num_classes=num_classes, learning_rate=online_probe_learning_rate)
 
   def init() -> TrainState:
     # A method with an EMA target starts it as an exact copy of the online network (BYOL).
@@ -267,12 +236,12 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *,
                       target_batch_stats=target_batch_stats, probe_params=probe_params,
                       probe_opt_state=probe_opt_state)
 
-  train_step = make_train_step(defs, tx, method, seed=config.seed, total_steps=num_steps,
+  train_step = make_train_step(defs, tx, method, seed=seed, total_steps=num_steps,
                                online_probe=online_probe)
-  if config.data.augment_on == "device":
+  if augment_on == "device":
     # Inputs (state, uint8 images on every device, the batch's indices): views made in the step.
-    step = device_pipeline.with_device_views(train_step, recipe, seed=config.seed,
-                                             image_size=config.data.image_size, mesh=mesh)
+    step = device_pipeline.with_device_views(train_step, recipe, seed=seed,
+                                             image_size=image_size, mesh=mesh)
     in_shardings = (replicated, sharded, sharded)
   else:
     step, in_shardings = train_step, (replicated, sharded)
@@ -287,30 +256,28 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *,
                          lambda values: jnp.asarray(values, jnp.float32))
     return model.encoder(x).astype(jnp.float32), rows
 
-  temperature = float(config.temperature)
-
   def probe(params, batch_stats, images):
     """The diagnostics of rwl_jax.diagnostics on a fixed probe batch: two views of the same
     images from the 'probe' stream at step 0 (so only the network changes between log steps),
     a train-mode forward pass as the loss sees it, BatchNorm's updates discarded."""
-    key = rng.stream_key(config.seed, 0, "probe")
+    key = rng.stream_key(seed, 0, "probe")
     # fold_in(1), fold_in(2) keep the probe's draws as before; view - 1 picks the recipe's
     # per-view blur/solarisation probabilities (first, second), as the train step's views do.
     view1, view2 = (augment_jax.random_view(jax.random.fold_in(key, view), images, recipe,
-                                            config.data.image_size, view - 1) for view in (1, 2))
+                                            image_size, view - 1) for view in (1, 2))
     model = nnx.merge(train_def, params, batch_stats)
     features, projections = model(jnp.concatenate([view1, view2]))
     z1, z2 = jnp.split(projections.astype(jnp.float32), 2)
     return diagnostics.probe_diagnostics(features.astype(jnp.float32), z1, z2, temperature)
 
   return Experiment(
-      config=config, mesh=mesh, method=method, recipe=recipe, defs=defs, tx=tx,
-      schedule=schedule, steps_per_epoch=steps_per_epoch, num_steps=num_steps,
-      train_step=train_step, jitted_step=jitted_step,
+      mesh=mesh, method=method, recipe=recipe, defs=defs, tx=tx, schedule=schedule,
+      global_batch_size=batch_size, num_epochs=num_epochs, steps_per_epoch=steps_per_epoch,
+      num_steps=num_steps, image_size=image_size, seed=seed, augment_on=augment_on,
+      eval_batch_size=eval_batch_size, train_step=train_step, jitted_step=jitted_step,
       features=jax.jit(features, in_shardings=(replicated, replicated, sharded, sharded),
                        out_shardings=replicated),
       probe=jax.jit(probe, in_shardings=(replicated, replicated, sharded),
                     out_shardings=replicated),
       online_probe=online_probe,
       _init=jax.jit(init, out_shardings=replicated))
-

@@ -93,7 +93,7 @@ class Context:
 
   @property
   def batch_size(self) -> int:
-    return self.experiment.config.global_batch_size
+    return self.experiment.global_batch_size
 
 
 class Hook:
@@ -233,7 +233,7 @@ class Progress(Hook):
     eta = self.eta(context)
     self.shown.append((context.step, eta))
     shown = " ".join(f"{name} {value:.4g}" for name, value in scalars.items())
-    logging.info("epoch %d/%d step %d/%d %s eta %s", context.epoch, experiment.config.num_epochs,
+    logging.info("epoch %d/%d step %d/%d %s eta %s", context.epoch, experiment.num_epochs,
                  context.step, experiment.num_steps, shown, _clock(eta))
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import json
 import os
 import time
@@ -40,25 +41,61 @@ def _median(values: list[float]) -> float | None:
   return float(np.median(values)) if values else None
 
 
-def make_hooks(config: ml_collections.ConfigDict, experiment, data: inputs.ProcessData,
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+  """What drives the run around the experiment (logging, checkpoints, profile, the compilation
+  cache), the sections handed to the data and the evaluators, and the config as recorded in
+  results.json. Read once, here; the experiment reads the rest (experiment.build)."""
+
+  compilation_cache_dir: str
+  global_batch_size: int  # the batches the data is cut into (steps per epoch)
+  log_every_steps: int
+  checkpoint_every_epochs: int
+  keep_checkpoints: int
+  checkpoint_async: bool
+  profile_start_step: int
+  profile_num_steps: int
+  probe_batch_size: int  # the diagnostics' probe batch (0 = off)
+  online_probe: bool  # the step trains on the training split's labels
+  data: ml_collections.ConfigDict  # the data section, for inputs.load_data
+  data_name: str  # the data as results.json names it: the image folder or tfds:NAME
+  evaluation: ml_collections.ConfigDict  # the eval section, for the evaluators
+  record: dict[str, Any]  # the whole config as JSON values
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> "RunSettings":
+    return cls(compilation_cache_dir=config.compilation_cache_dir,
+               global_batch_size=config.global_batch_size,
+               log_every_steps=config.log_every_steps,
+               checkpoint_every_epochs=config.checkpoint_every_epochs,
+               keep_checkpoints=config.keep_checkpoints, checkpoint_async=config.checkpoint_async,
+               profile_start_step=config.profile.start_step,
+               profile_num_steps=config.profile.num_steps,
+               probe_batch_size=config.eval.probe_batch_size,
+               online_probe=config.eval.online_probe, data=config.data,
+               data_name=config.data.image_dir or f"tfds:{config.data.tfds_name}",
+               evaluation=config.eval, record=json.loads(config.to_json_best_effort()))
+
+
+def make_hooks(settings: RunSettings, experiment, data: inputs.ProcessData,
                workdir: epath.Path, checkpointer: Checkpointer,
                extractor: FeatureExtractor, evaluators: list[Any]) -> list[hooks_lib.Hook]:
   """The run's hooks in the order they run after a step: metrics are logged (and a non-finite
   loss stopped) before anything is saved."""
   spe = experiment.steps_per_epoch
-  every_log = hooks_lib.Schedule(every_steps=config.log_every_steps, every_epochs=1)
+  every_log = hooks_lib.Schedule(every_steps=settings.log_every_steps, every_epochs=1)
   hooks = [hooks_lib.LogMetrics(every_log)]
-  if config.eval.probe_batch_size:
-    probe = inputs.probe_images(data, config.eval.probe_batch_size, experiment.mesh)
+  if settings.probe_batch_size:
+    probe = inputs.probe_images(data, settings.probe_batch_size, experiment.mesh)
     hooks.append(hooks_lib.ProbeDiagnostics(every_log, probe))
   progress = hooks_lib.Progress(every_log)
   hooks.append(progress)
   hooks.append(hooks_lib.Checkpoint(hooks_lib.Schedule(
-      every_epochs=config.checkpoint_every_epochs, at_end=True), checkpointer))
+      every_epochs=settings.checkpoint_every_epochs, at_end=True), checkpointer))
   if any(evaluator.every_epochs for evaluator in evaluators):
     hooks.append(hooks_lib.Evaluate(evaluators, extractor, spe, experiment.num_steps))
-  if config.profile.start_step:
-    hooks.append(hooks_lib.Profile(config.profile.start_step, config.profile.num_steps,
+  if settings.profile_start_step:
+    hooks.append(hooks_lib.Profile(settings.profile_start_step, settings.profile_num_steps,
                                    workdir / "profile"))
   progress.watch(hooks)  # its ETA foresees their calls
   return hooks
@@ -101,7 +138,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.PathLik
   progress bar.
   """
   experiment_lib.validate_config(config)
-  compilation.use_cache(config.compilation_cache_dir)  # before anything compiles
+  settings = RunSettings.from_config(config)
+  compilation.use_cache(settings.compilation_cache_dir)  # before anything compiles
   workdir_path = paths.workdir(workdir)  # local or a URL (gs://), never a local 'gs:' folder
   workdir_lib.prepare(workdir_path)
 
@@ -112,27 +150,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.PathLik
     # From here a signal only records itself: it is acted on between phases and between steps
     # (a KeyboardInterrupt raised inside a library's callback during compilation can be lost).
     signals = cleanup.enter_context(loop.StopSignals(
-        hooks_lib.Schedule(every_steps=config.log_every_steps, every_epochs=1)))
-    checkpointer = Checkpointer(workdir_path, keep=config.keep_checkpoints,
-                                asynchronous=config.checkpoint_async)
+        hooks_lib.Schedule(every_steps=settings.log_every_steps, every_epochs=1)))
+    checkpointer = Checkpointer(workdir_path, keep=settings.keep_checkpoints,
+                                asynchronous=settings.checkpoint_async)
     cleanup.callback(checkpointer.close)
     changes = workdir_lib.check_rerun(workdir_path, config,
                                       has_checkpoint=bool(checkpointer.all_steps()),
                                       accept_change=accept_config_change)
     mesh = parallel.make_mesh()
-    data = inputs.load_data(config)
-    experiment = experiment_lib.build(
-        config, mesh, steps_per_epoch=data.steps_per_epoch(config.global_batch_size),
-        num_classes=len(data.class_names))
+    data = inputs.load_data(settings.data, train_labels=settings.online_probe)
+    experiment = experiment_lib.build(config, mesh, steps_per_epoch=data.steps_per_epoch(
+        settings.global_batch_size), num_classes=len(data.class_names))
     num_steps = experiment.num_steps
     signals.stop_if_pending("while the data was read")
-    evaluators = build_evaluators(config, num_classes=len(data.class_names),
-                                  experiment=experiment, data=data) if data.evaluates else []
+    evaluators = build_evaluators(
+        settings.evaluation, num_classes=len(data.class_names), seed=experiment.seed,
+        experiment=experiment, data=data) if data.evaluates else []
     if not data.evaluates:
       logging.warning("evaluation is off (no kNN, linear probe or accuracy in results.json): %s",
                       data.evaluation_off)
     extractor = FeatureExtractor(experiment, data)
-    hooks = make_hooks(config, experiment, data, workdir_path, checkpointer, extractor, evaluators)
+    hooks = make_hooks(settings, experiment, data, workdir_path, checkpointer, extractor,
+                       evaluators)
     for hook in hooks:
       if hasattr(hook, "close"):
         cleanup.callback(hook.close)
@@ -154,7 +193,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.PathLik
       if step > num_steps:
         raise ConfigError(f"the checkpoint in {workdir_path} is at step {step}, past this "
                           f"config's {num_steps} steps; use a new --workdir or more num_epochs")
-      train_inputs = inputs.train_inputs(config, data, mesh, first_step=step)
+      train_inputs = inputs.train_inputs(experiment, data, first_step=step)
       step_fn, compile_seconds = experiment.compile_step(state, *train_inputs.abstract)
       experiment.learning_rate(step + 1)  # its eager ops compile here, not at the first log
       ahead_seconds = {name: future.result() for name, future in compiling.items()}
@@ -167,9 +206,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.PathLik
         lambda at, scalars: on_metrics(at, num_steps, scalars)))
     cleanup.callback(writer.close)
     logging.info("%s on %d train / %d test images, %d devices, %d steps of batch %d; step "
-                 "compiled in %.1f s; with init and %s: %.1f s", config.method,
+                 "compiled in %.1f s; with init and %s: %.1f s", experiment.method.name,
                  data.train_shards.num_examples, _num_examples(data.test_shards),
-                 mesh.devices.size, num_steps, config.global_batch_size, compile_seconds,
+                 mesh.devices.size, num_steps, experiment.global_batch_size, compile_seconds,
                  ", ".join(f"{name} {seconds:.1f} s" for name, seconds in ahead_seconds.items())
                  or "nothing else", compile_wall)
 
@@ -212,20 +251,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.PathLik
     # The first window after a (re)start runs the step for the first time; report steady ones.
     steady = [w for w in log.windows if w["first_step"] != step] or log.windows
     results.update(
-        method=config.method, epochs=config.num_epochs, steps=context.step,
-        global_batch_size=config.global_batch_size, compile_seconds=compile_seconds,
+        method=experiment.method.name, epochs=experiment.num_epochs, steps=context.step,
+        global_batch_size=experiment.global_batch_size, compile_seconds=compile_seconds,
         **compiles.summary(),
         seconds_per_epoch=_median(log.epoch_seconds[1:] or log.epoch_seconds),
         images_per_second=_median([w["images_per_second"] for w in steady]),
         step_seconds=_median([w["step_seconds"] for w in steady]),
         data_wait_seconds=_median([w["data_wait_seconds"] for w in steady]),
-        data=config.data.image_dir or f"tfds:{config.data.tfds_name}",
+        data=settings.data_name,
         train_examples=data.train_shards.num_examples,
         test_examples=_num_examples(data.test_shards),
         eval_train_examples=_num_examples(data.eval_train_shards) if data.evaluates else 0,
         data_shards=data.train_shards.num_shards,
         devices=[str(d.device_kind) for d in mesh.devices.flat], jax_version=jax.__version__,
-        config=json.loads(config.to_json_best_effort()))
+        config=settings.record)
     if not data.evaluates:
       results["evaluation_off"] = data.evaluation_off
     _keep_measured_speed(results, workdir_path / "results.json")

@@ -19,6 +19,11 @@ from rwl_jax.configs import cifar100_rwl, cifar100_simclr, folder_rwl, imagenett
 from rwl_jax.data import inputs, order, sources
 from rwl_jax.errors import ConfigError
 
+def load(config):
+  """The config's data as a run reads it (its data section; labels checked for the online probe)."""
+  return inputs.load_data(config.data, train_labels=config.eval.online_probe)
+
+
 
 def pixel(split: str, position: int) -> int:
   """The value every pixel of example `position` of `split` has (to check what was read)."""
@@ -94,7 +99,7 @@ def test_stl10_trains_on_train_plus_unlabelled_and_evaluates_on_train(tmp_path):
   sizes = {"train": 12, "test": 6, "unlabelled": 20}
   with mock_tfds("stl10", sizes, tmp_path):
     config = stl10_rwl.get_config()
-    data = inputs.load_data(config)
+    data = load(config)
     assert len(data.train) == 32 and len(data.eval_train) == 12 and len(data.test) == 6
     assert (data.train.labels[12:] == -1).all() and (data.eval_train.labels >= 0).all()
     assert data.train.images.shape[1:] == (96, 96, 3)
@@ -109,15 +114,15 @@ def test_stl10_trains_on_train_plus_unlabelled_and_evaluates_on_train(tmp_path):
     # Unlabelled examples never reach the online probe or the kNN bank.
     config.eval.online_probe = True
     with pytest.raises(ConfigError, match="eval.online_probe .* has unlabelled examples"):
-      inputs.load_data(config)
+      load(config)
     config.eval.online_probe, config.data.eval_train_split = False, ""
     with pytest.raises(ConfigError, match="set data.eval_train_split to a labelled split"):
-      inputs.load_data(config)
+      load(config)
 
 
 def test_cifar100_reads_its_splits(tmp_path):
   with mock_tfds("cifar100", {"train": 20, "test": 10}, tmp_path):
-    data = inputs.load_data(cifar100_rwl.get_config())
+    data = load(cifar100_rwl.get_config())
   assert len(data.class_names) == 100 and len(data.train) == 20 and len(data.test) == 10
   assert data.test.images[:, 0, 0, 0].tolist() == list(range(100, 110))
 
@@ -126,7 +131,7 @@ def test_imagenette_images_of_any_size_become_224(tmp_path):
   shapes = [(300, 400, 3), (375, 500, 3), (224, 224, 3), (120, 90, 3)]
   with mock_tfds("imagenette/full-size-v2", {"train": 4, "validation": 2}, tmp_path,
                  shape=lambda position: shapes[position % len(shapes)]):
-    data = inputs.load_data(imagenette_rwl.get_config())
+    data = load(imagenette_rwl.get_config())
   assert data.train.images.shape == (4, 224, 224, 3) and data.test.images.shape[0] == 2
   assert data.train.images[:, 0, 0, 0].tolist() == [0, 1, 2, 3]  # constant images stay constant
 

@@ -10,6 +10,11 @@ from rwl_jax import experiment, parallel, rng
 from rwl_jax.data import inputs
 from rwl_jax.evaluate.evaluators import FeatureExtractor, build_evaluators, run_evaluators
 
+def load(config):
+  """The config's data as a run reads it (its data section; labels checked for the online probe)."""
+  return inputs.load_data(config.data, train_labels=config.eval.online_probe)
+
+
 
 def test_device_step_gives_each_consumer_its_own_stream(monkeypatch):
   """GSG's pairing and the two device views draw from three different named streams (before,
@@ -35,7 +40,7 @@ def tiny_run(cifar_dir, tmp_path_factory):
   config.data.max_train_examples = 64
   config.data.max_eval_examples = 32
   config.eval.batch_size = 32
-  data = inputs.load_data(config)
+  data = load(config)
   built = experiment.build(config, parallel.make_mesh(), steps_per_epoch=2)
   return config, data, built
 
@@ -44,7 +49,7 @@ def test_evaluations_share_one_compiled_feature_function(tiny_run):
   config, data, built = tiny_run
   state = built.init_state()
   extractor = FeatureExtractor(built, data)
-  evaluators = build_evaluators(config, num_classes=len(data.class_names))
+  evaluators = build_evaluators(config.eval, num_classes=len(data.class_names), seed=config.seed)
   first = run_evaluators(evaluators[:1], extractor, state)
   second = run_evaluators(evaluators[:1], FeatureExtractor(built, data), state)
   assert first == second and {"knn_top1", "knn_top5"} <= set(first)

@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from rwl_jax.configs import common
-from rwl_jax import experiment, methods, models
+from rwl_jax import experiment, methods, models, optimizer
 from rwl_jax.errors import ConfigError
 from rwl_jax.models import MLP, build_resnet
 from rwl_jax.step import ModelDefs, TrainState, make_train_step
@@ -260,7 +260,7 @@ def train_step_smoke(encoder):
   train_def, params, batch_stats = nnx.split(network, nnx.Param, nnx.BatchStat)
   network.eval()
   defs = ModelDefs(train=train_def, eval=nnx.split(network, nnx.Param, nnx.BatchStat)[0])
-  tx, _ = experiment.create_optimizer(config, steps_per_epoch=1)
+  tx, _ = optimizer.create(config.optimizer, num_epochs=config.num_epochs, steps_per_epoch=1)
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                      opt_state=tx.init(params), target_params=nnx.State({}),
                      target_batch_stats=nnx.State({}))

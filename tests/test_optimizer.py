@@ -7,15 +7,15 @@ import optax
 import pytest
 
 from rwl_jax.configs import common
-from rwl_jax import experiment
+from rwl_jax import experiment, optimizer
 
 
-def make(name="sgd", **optimizer):
+def make(name="sgd", **settings):
   config = common.get_config()
   config.num_epochs = 10
   config.optimizer.name = name
-  config.optimizer.update(optimizer)
-  return experiment.create_optimizer(config, steps_per_epoch=100)
+  config.optimizer.update(settings)
+  return optimizer.create(config.optimizer, num_epochs=config.num_epochs, steps_per_epoch=100)
 
 
 def test_schedule_warmup_then_cosine_to_the_final_fraction():

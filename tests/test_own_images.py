@@ -21,6 +21,11 @@ from rwl_jax.errors import ConfigError
 
 MODES = ("RGB", "L", "P", "RGBA", "CMYK", "I;16", "1", "LA")
 
+def load(config):
+  """The config's data as a run reads it (its data section; labels checked for the online probe)."""
+  return inputs.load_data(config.data, train_labels=config.eval.online_probe)
+
+
 
 def write_image(path, size=(8, 8), mode="RGB", seed=0):
   """A random image of `size` (width, height) in `mode`, saved by its suffix; returns its RGB."""
@@ -58,7 +63,7 @@ def data_config(image_dir, cache_dir, **data):
 
 def test_labelled_with_test_split(tmp_path):
   root = labelled_folder(tmp_path / "a", splits=("train", "test"), per_class=4)
-  data = inputs.load_data(data_config(root, tmp_path / "cache"))
+  data = load(data_config(root, tmp_path / "cache"))
   assert data.evaluates and data.class_names == ("cat", "dog")
   assert len(data.train) == len(data.test) == 8 and data.eval_train is data.train
 
@@ -67,7 +72,7 @@ def test_held_out_split_is_class_balanced_and_seeded(tmp_path, caplog):
   root = labelled_folder(tmp_path / "b", classes=("a", "b", "c"), per_class=20)
   write_image(root / "train" / "d" / "only.png", seed=99)  # a class of one image keeps it
   with caplog.at_level(logging.INFO):
-    data = inputs.load_data(data_config(root, tmp_path / "cache", holdout_fraction=0.25))
+    data = load(data_config(root, tmp_path / "cache", holdout_fraction=0.25))
   assert np.bincount(data.test.labels).tolist() == [5, 5, 5]
   assert np.bincount(data.train.labels).tolist() == [15, 15, 15, 1]
   assert any("has no 'test' folder: 15 of its 61 'train' images" in r.getMessage()
@@ -75,15 +80,15 @@ def test_held_out_split_is_class_balanced_and_seeded(tmp_path, caplog):
   # Disjoint, together everything, the same with the same seed and not with another.
   rows = lambda split: {image.tobytes() for image in split.images}
   assert not rows(data.train) & rows(data.test) and len(rows(data.train) | rows(data.test)) == 61
-  again = inputs.load_data(data_config(root, tmp_path / "cache", holdout_fraction=0.25))
+  again = load(data_config(root, tmp_path / "cache", holdout_fraction=0.25))
   assert rows(again.test) == rows(data.test)
-  other = inputs.load_data(data_config(root, tmp_path / "cache", holdout_fraction=0.25,
+  other = load(data_config(root, tmp_path / "cache", holdout_fraction=0.25,
                                        holdout_seed=1))
   assert rows(other.test) != rows(data.test)
-  nothing = inputs.load_data(data_config(root, tmp_path / "cache", holdout_fraction=0.0))
+  nothing = load(data_config(root, tmp_path / "cache", holdout_fraction=0.0))
   assert not nothing.evaluates and "holds out nothing" in nothing.evaluation_off
   with pytest.raises(ConfigError, match=r"data.holdout_fraction must be in \[0, 1\)"):
-    inputs.load_data(data_config(root, tmp_path / "cache", holdout_fraction=1.0))
+    load(data_config(root, tmp_path / "cache", holdout_fraction=1.0))
 
 
 @pytest.mark.parametrize("layout", ["flat", "train", "train+test"])
@@ -94,7 +99,7 @@ def test_unlabelled_layouts(tmp_path, layout):
     write_image(folder / f"{index}.jpg", (8, 8), seed=index)
   if layout == "train+test":
     write_image(root / "test" / "t.jpg")
-  data = inputs.load_data(data_config(root, tmp_path / "cache"))
+  data = load(data_config(root, tmp_path / "cache"))
   assert len(data.train) == 6 and data.train.class_names == ()
   assert (data.train.labels == sources.UNLABELLED).all()
   assert data.test is None and not data.evaluates
@@ -102,7 +107,7 @@ def test_unlabelled_layouts(tmp_path, layout):
   config = data_config(root, tmp_path / "cache")
   config.eval.online_probe = True
   with pytest.raises(ConfigError, match="eval.online_probe needs labelled training images"):
-    inputs.load_data(config)
+    load(config)
 
 
 def test_unlabelled_training_with_a_labelled_eval_folder(tmp_path):
@@ -110,15 +115,15 @@ def test_unlabelled_training_with_a_labelled_eval_folder(tmp_path):
     write_image(tmp_path / "photos" / f"{index}.png", (10 + index, 9), seed=index)
   labelled = labelled_folder(tmp_path / "labelled", per_class=10)  # no test/: held out
   config = data_config(tmp_path / "photos", tmp_path / "cache", eval_image_dir=str(labelled))
-  data = inputs.load_data(config)
+  data = load(config)
   assert len(data.train) == 12 and data.class_names == ("cat", "dog")
   assert len(data.eval_train) == 18 and len(data.test) == 2
   assert set(data.eval_train.labels.tolist()) == {0, 1} and data.eval_train is not data.train
   # A labelled image_dir keeps all its images when evaluation comes from eval_image_dir.
   other = data_config(labelled, tmp_path / "cache", eval_image_dir=str(labelled))
-  assert len(inputs.load_data(other).train) == 20
+  assert len(load(other).train) == 20
   with pytest.raises(ConfigError, match="data.eval_image_dir .* has no class folders"):
-    inputs.load_data(data_config(labelled, tmp_path / "cache",
+    load(data_config(labelled, tmp_path / "cache",
                                  eval_image_dir=str(tmp_path / "photos")))
 
 
@@ -127,18 +132,18 @@ def test_mixed_layout_and_no_images_are_one_error_each(tmp_path):
   write_image(root / "train" / "loose.png")
   with pytest.raises(ConfigError, match=r"train mixes two layouts: 1 images directly in it "
                                         r"\(e.g. loose.png\) and 2 folders of images \(cat, dog\)"):
-    inputs.load_data(data_config(root, tmp_path / "cache"))
+    load(data_config(root, tmp_path / "cache"))
   (tmp_path / "empty").mkdir()
   (tmp_path / "empty" / "notes.txt").write_text("")
   with pytest.raises(ConfigError, match=r"has no 'train' folder and no images \(.png, .*\) "
                                         "directly in it"):
-    inputs.load_data(data_config(tmp_path / "empty", tmp_path / "cache"))
+    load(data_config(tmp_path / "empty", tmp_path / "cache"))
   labelled_folder(tmp_path / "noclasses_root", splits=("pets",), per_class=1)
   with pytest.raises(ConfigError, match=r"no 'train' folder .* \(it has folders pets\)"):
-    inputs.load_data(data_config(tmp_path / "noclasses_root", tmp_path / "cache"))
+    load(data_config(tmp_path / "noclasses_root", tmp_path / "cache"))
   (tmp_path / "emptytrain" / "train").mkdir(parents=True)
   with pytest.raises(ConfigError, match=r"no images \(.*\) in .*emptytrain/train"):
-    inputs.load_data(data_config(tmp_path / "emptytrain", tmp_path / "cache"))
+    load(data_config(tmp_path / "emptytrain", tmp_path / "cache"))
 
 
 def test_resize_policy(tmp_path):
@@ -194,7 +199,7 @@ def test_unreadable_images_are_one_error(tmp_path):
   (folder / "empty.png").write_bytes(b"")
   with pytest.raises(ConfigError, match=r"cannot decode image (broken.jpg|empty.png) \(.*\) and "
                                         r"1 more of its 5 images .*; delete or move them"):
-    inputs.load_data(data_config(tmp_path / "c", tmp_path / "cache"))
+    load(data_config(tmp_path / "c", tmp_path / "cache"))
 
 
 def test_sharded_reads_of_a_held_out_split_tile_it(tmp_path):

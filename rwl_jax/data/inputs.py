@@ -1,7 +1,7 @@
 """What a run reads: this process's shards of the splits, the train step's inputs, the probe batch.
 
-    data = load_data(config)                                     # uint8 arrays, this process's rows
-    inputs = train_inputs(config, data, mesh, first_step=step)   # epoch_inputs + abstract inputs
+    data = load_data(config.data)                            # uint8 arrays, this process's rows
+    inputs = train_inputs(experiment, data, first_step=step)  # epoch_inputs + abstract inputs
 
 'host': tf.data makes the two views on the CPU and each step receives them; one pipeline for the
 whole run, so its prefetching carries over epoch boundaries. 'device': this process's uint8
@@ -21,8 +21,20 @@ from absl import logging
 
 from rwl_jax import parallel
 from rwl_jax.data import device_pipeline, order, sources
-from rwl_jax.data.recipe import AugmentRecipe
 from rwl_jax.errors import ConfigError
+
+AUGMENT_ON = ("host", "device")
+
+
+def validate(data_config: ml_collections.ConfigDict) -> None:
+  """The data section's values that decide how the run is fed (the sources check theirs when
+  they open); one ConfigError line naming the problem."""
+  if data_config.augment_on not in AUGMENT_ON:
+    raise ConfigError(f"data.augment_on must be 'host' (tf.data) or 'device' (JAX), got "
+                      f"{data_config.augment_on!r}")
+  if not (isinstance(data_config.num_shards, int) and data_config.num_shards >= 0):
+    raise ConfigError(f"data.num_shards must be an integer >= 0 (0 = one per process), got "
+                      f"{data_config.num_shards!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +54,7 @@ class ProcessData:
   eval_train: sources.ArraySplit | None = None  # None = train
   eval_train_shards: order.DataShards | None = None
   evaluation_off: str = ""
+  prefetch_batches: int = 2  # host views: batches tf.data prepares ahead of the step
 
   def __post_init__(self):
     if self.eval_train is None:  # the training split is the bank: held once, not twice
@@ -68,16 +81,20 @@ class ProcessData:
     return steps
 
 
-def load_data(config: ml_collections.ConfigDict) -> ProcessData:
-  """Reads only this process's shards of the training and evaluation splits (order.DataShards);
-  which splits and folders they are: sources.open_dataset."""
-  data = config.data
+def load_data(data_config: ml_collections.ConfigDict, *,
+              train_labels: bool = False) -> ProcessData:
+  """Reads only this process's shards of the training and evaluation splits (order.DataShards) of
+  the data section; which splits and folders they are: sources.open_dataset. train_labels: the
+  step trains on the training split's labels (eval.online_probe), so every example needs one."""
+  data = data_config
+  num_shards, prefetch_batches = data.num_shards, data.prefetch_batches
+  train_split = data.train_split
   opened = sources.open_dataset(data)
-  if config.eval.online_probe:
+  if train_labels:
     _check_online_probe_labels(opened)
 
   def shards_of(source, name):
-    shards = order.data_shards(source.num_examples, data.num_shards, jax.process_index(),
+    shards = order.data_shards(source.num_examples, num_shards, jax.process_index(),
                                jax.process_count())
     logging.info("process %d of %d reads %s examples [%d, %d) of %d", jax.process_index(),
                  jax.process_count(), name, *shards.process_range(), shards.num_examples)
@@ -89,22 +106,23 @@ def load_data(config: ml_collections.ConfigDict) -> ProcessData:
     if source is not None:
       shards = shards_of(source, name)
       held[name] = source.read(*shards.process_range()), shards
-  if config.eval.online_probe and (held["train"][0].labels < 0).any():
+  if train_labels and (held["train"][0].labels < 0).any():
     raise ConfigError(f"eval.online_probe trains on the labels of data.train_split "
-                      f"{data.train_split!r}, and it has unlabelled examples (label -1); turn it "
+                      f"{train_split!r}, and it has unlabelled examples (label -1); turn it "
                       "off or train on a labelled split")
   bank = held.get("eval_train", (None, None))
   if bank[0] is not None and (bank[0].labels < 0).any():
     raise ConfigError(f"the kNN bank / linear-probe split {opened.bank.split!r} has unlabelled "
                       "examples (label -1); set data.eval_train_split to a labelled split")
   if opened.test is not None and bank[0] is None and (held["train"][0].labels < 0).any():
-    raise ConfigError(f"the kNN bank / linear-probe split {data.train_split!r} (the training "
+    raise ConfigError(f"the kNN bank / linear-probe split {train_split!r} (the training "
                       "split) has unlabelled examples (label -1); set data.eval_train_split to a "
                       "labelled split (STL-10: 'train')")
   test = held.get("test", (None, None))
   return ProcessData(train=held["train"][0], train_shards=held["train"][1], test=test[0],
                      test_shards=test[1], eval_train=bank[0], eval_train_shards=bank[1],
-                     evaluation_off=opened.evaluation_off)
+                     evaluation_off=opened.evaluation_off,
+                     prefetch_batches=prefetch_batches)
 
 
 def _check_online_probe_labels(opened: sources.DatasetSources) -> None:
@@ -128,22 +146,20 @@ class TrainInputs:
   abstract: tuple[Any, ...]
 
 
-def train_inputs(config: ml_collections.ConfigDict, data: ProcessData, mesh: jax.sharding.Mesh,
-                 *, first_step: int) -> TrainInputs:
-  """The inputs of the config's step path, from first_step (a resumed run's step) on; the loop
-  asks for the epochs in order."""
-  batch_size = config.global_batch_size
-  steps_per_epoch = data.steps_per_epoch(batch_size)
-  sharded = parallel.data_sharded(mesh)
-  with_labels = bool(config.eval.online_probe)  # only the online probe reads them
-  if config.data.augment_on == "host":
+def train_inputs(experiment, data: ProcessData, *, first_step: int) -> TrainInputs:
+  """The inputs of the experiment's step path (host or device views, with labels when it trains
+  the online probe), from first_step (a resumed run's step) on; the loop asks for the epochs in
+  order."""
+  batch_size, mesh = experiment.global_batch_size, experiment.mesh
+  steps_per_epoch = experiment.steps_per_epoch
+  with_labels = experiment.online_probe is not None  # only the online probe reads them
+  if experiment.augment_on == "host":
     from rwl_jax.data import pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow)
 
     batches = pipeline.train_batches(  # a generator: nothing runs until the first batch
         data.train, shards=data.train_shards, global_batch_size=batch_size,
-        recipe=AugmentRecipe.from_config(config.augment), seed=config.seed,
-        first_step=first_step, last_step=steps_per_epoch * config.num_epochs,
-        prefetch=config.data.prefetch_batches)
+        recipe=experiment.recipe, seed=experiment.seed, first_step=first_step,
+        last_step=experiment.num_steps, prefetch=data.prefetch_batches)
 
     names = ("view1", "view2") + (("label",) if with_labels else ())
 
@@ -154,18 +170,15 @@ def train_inputs(config: ml_collections.ConfigDict, data: ProcessData, mesh: jax
           batch["label"] = batch["label"].astype(np.int32)
         yield (parallel.to_global({name: batch[name] for name in names}, mesh),)
 
-    size = config.data.image_size
-    view = jax.ShapeDtypeStruct((batch_size, size, size, 3), np.float32, sharding=sharded)
-    label = jax.ShapeDtypeStruct((batch_size,), np.int32, sharding=sharded)
-    return TrainInputs(host_inputs, ({"view1": view, "view2": view, "label": label}
-                                     if with_labels else {"view1": view, "view2": view},))
+    return TrainInputs(host_inputs, experiment.host_inputs_spec())
 
   dataset = device_pipeline.put_dataset(data.train.images, mesh,
                                         data.train_shards.max_process_examples,
                                         data.train.labels if with_labels else None)
+  sharded = parallel.data_sharded(mesh)
 
   def device_inputs(epoch: int, start_step: int):
-    indices = data.train_shards.local_epoch_order(batch_size, config.seed, epoch)
+    indices = data.train_shards.local_epoch_order(batch_size, experiment.seed, epoch)
     for local_indices in indices[start_step:]:
       yield dataset, parallel.to_global(local_indices.astype(np.int32), mesh)
 

@@ -1,7 +1,7 @@
 """Evaluators built from a config, each with its own schedule, sharing one compiled feature function.
 
     features = FeatureExtractor(experiment, data)       # the experiment's jitted feature function
-    evaluators = build_evaluators(config, num_classes)
+    evaluators = build_evaluators(config.eval, num_classes, seed=config.seed)
     for task in compile_tasks(evaluators, features, abstract_state).values():
       task()                                             # optional: ahead of time, once
     for evaluator in evaluators:
@@ -34,6 +34,40 @@ from rwl_jax.evaluate.knn import KnnSweep
 from rwl_jax.evaluate.linear_probe import LinearProbe
 
 
+def _positive_int(value: Any) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def validate(evaluation: ml_collections.ConfigDict) -> None:
+  """The eval section's values (types are checked against the defaults beforehand); one
+  ConfigError line naming the problem."""
+  for name in ("batch_size", "knn_k", "linear_epochs", "linear_batch_size", "finetune_epochs",
+               "finetune_batch_size"):
+    if not _positive_int(evaluation[name]):
+      raise ConfigError(f"eval.{name} must be an integer >= 1, got {evaluation[name]!r}")
+  for name in ("knn_every_epochs", "linear_every_epochs", "online_probe_every_epochs",
+               "probe_batch_size"):
+    if not (isinstance(evaluation[name], int) and evaluation[name] >= 0):
+      raise ConfigError(f"eval.{name} must be an integer >= 0 (0 = off), got {evaluation[name]!r}")
+  if not isinstance(evaluation.online_probe, bool):
+    raise ConfigError(f"eval.online_probe must be True or False, got {evaluation.online_probe!r}")
+  for name in ("knn_temperature", "linear_learning_rate", "online_probe_learning_rate",
+               "finetune_learning_rate"):
+    if not evaluation[name] > 0:
+      raise ConfigError(f"eval.{name} must be > 0, got {evaluation[name]!r}")
+  if not evaluation.linear_weight_decay >= 0:
+    raise ConfigError(f"eval.linear_weight_decay must be >= 0, got "
+                      f"{evaluation.linear_weight_decay!r}")
+  if not all(_positive_int(k) for k in evaluation.knn_k_sweep):
+    raise ConfigError(f"eval.knn_k_sweep must be integers >= 1 like (10, 20, 100, 200) (() = off), "
+                      f"got {tuple(evaluation.knn_k_sweep)!r}")
+  fractions = tuple(evaluation.finetune_fractions)
+  if not all(0 < f <= 1 for f in fractions) or len(
+      {tables.fraction_name(f) for f in fractions}) < len(fractions):
+    raise ConfigError(f"eval.finetune_fractions must be distinct fractions of the labels in (0, 1] "
+                      f"like (0.01, 0.1) (() = off), got {fractions!r}")
+
+
 def round_up(value: int, multiple: int) -> int:
   return -(-value // multiple) * multiple
 
@@ -54,7 +88,7 @@ class FeatureExtractor:
   def __init__(self, experiment, data):
     self._experiment = experiment
     self._data = data
-    self._batch_size = round_up(experiment.config.eval.batch_size, experiment.mesh.devices.size)
+    self._batch_size = round_up(experiment.eval_batch_size, experiment.mesh.devices.size)
     self._feature_fn = experiment.features
 
   def _held(self, name: str):
@@ -275,45 +309,43 @@ class FinetuneEvaluator:
 
   def __call__(self, features: SplitFeatures | None, state) -> dict[str, float]:
     encoder = finetune.Encoder.of_run(self.experiment.defs, state.params, state.batch_stats)
-    config = self.experiment.config
     results = {}
     for fraction in self.fractions:
       accuracy = finetune.finetune_accuracy(
           encoder, self.train, self.test, fraction=fraction, num_classes=self.num_classes,
           epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate,
-          seed=self.seed, recipe=self.experiment.recipe, image_size=config.data.image_size,
-          mesh=self.experiment.mesh, eval_batch_size=config.eval.batch_size)
+          seed=self.seed, recipe=self.experiment.recipe, image_size=self.experiment.image_size,
+          mesh=self.experiment.mesh, eval_batch_size=self.experiment.eval_batch_size)
       name = tables.fraction_name(fraction)
       results.update({f"finetune_{name}_{key}": value for key, value in accuracy.items()})
     return results
 
 
-def finetune_evaluator(config: ml_collections.ConfigDict, num_classes: int, experiment, data,
+def finetune_evaluator(evaluation: ml_collections.ConfigDict, num_classes: int, experiment, data,
                        fractions: tuple[float, ...] | None = None) -> FinetuneEvaluator:
-  """The config's FinetuneEvaluator on data's labelled splits: the evaluation's training split
-  (data.eval_train, the kNN bank: the training split unless another labelled one is named) and
-  data.test (fractions: default the config's eval.finetune_fractions)."""
-  evaluation = config.eval
+  """The eval section's FinetuneEvaluator on data's labelled splits: the evaluation's training
+  split (data.eval_train, the kNN bank: the training split unless another labelled one is named)
+  and data.test (fractions: default the section's finetune_fractions), seeded with the
+  experiment's seed."""
   return FinetuneEvaluator(
       experiment=experiment, train=data.eval_train, test=data.test, num_classes=num_classes,
       fractions=tuple(float(f) for f in (evaluation.finetune_fractions if fractions is None
                                          else fractions)),
       epochs=evaluation.finetune_epochs, batch_size=evaluation.finetune_batch_size,
-      learning_rate=float(evaluation.finetune_learning_rate), seed=config.seed)
+      learning_rate=float(evaluation.finetune_learning_rate), seed=experiment.seed)
 
 
-def build_evaluators(config: ml_collections.ConfigDict, num_classes: int, *, experiment=None,
-                     data=None) -> list[Any]:
-  """The config's evaluators: kNN, the linear probe and (eval.online_probe) the online probe, each
-  scheduled by its eval.*_every_epochs, and (eval.finetune_fractions, which needs the experiment
-  and the data) fine-tuning at the end."""
-  evaluation = config.eval
+def build_evaluators(evaluation: ml_collections.ConfigDict, num_classes: int, *, seed: int,
+                     experiment=None, data=None) -> list[Any]:
+  """The eval section's evaluators: kNN, the linear probe (seeded with `seed`) and (online_probe)
+  the online probe, each scheduled by its *_every_epochs, and (finetune_fractions, which needs the
+  experiment and the data) fine-tuning at the end."""
   online = ([OnlineProbeEvaluator(every_epochs=evaluation.online_probe_every_epochs)]
             if evaluation.online_probe else [])
   if evaluation.finetune_fractions:
     if experiment is None or data is None:
       raise ValueError("eval.finetune_fractions: build_evaluators needs experiment= and data=")
-    online.append(finetune_evaluator(config, num_classes, experiment, data))
+    online.append(finetune_evaluator(evaluation, num_classes, experiment, data))
   return [
       KnnEvaluator(num_classes=num_classes, k=evaluation.knn_k,
                    temperature=float(evaluation.knn_temperature),
@@ -322,7 +354,7 @@ def build_evaluators(config: ml_collections.ConfigDict, num_classes: int, *, exp
       LinearProbeEvaluator(num_classes=num_classes, epochs=evaluation.linear_epochs,
                            batch_size=evaluation.linear_batch_size,
                            learning_rate=float(evaluation.linear_learning_rate),
-                           weight_decay=float(evaluation.linear_weight_decay), seed=config.seed,
+                           weight_decay=float(evaluation.linear_weight_decay), seed=seed,
                            every_epochs=evaluation.linear_every_epochs),
   ] + online
 

@@ -54,14 +54,15 @@ class Run:
                         f"({self.data.evaluation_off}); evaluate its checkpoint on a labelled "
                         "folder with --eval_image_dir=PATH (PATH/train/CLASS/IMAGE)")
     num_classes = len(self.data.class_names)
-    frozen = self.config.copy_and_resolve_references()
-    frozen.eval.finetune_fractions = ()  # fine-tuning only when asked for, below
-    evaluators = [e for e in build_evaluators(frozen, num_classes=num_classes)
+    evaluation = self.config.eval.copy_and_resolve_references()
+    fractions = tuple(evaluation.finetune_fractions) or DEFAULT_FINETUNE_FRACTIONS
+    evaluation.finetune_fractions = ()  # fine-tuning only when asked for, below
+    evaluators = [e for e in build_evaluators(evaluation, num_classes=num_classes,
+                                              seed=self.experiment.seed)
                   if linear or e.name != "linear"]
     if finetune:
-      evaluators.append(finetune_evaluator(
-          self.config, num_classes, self.experiment, self.data,
-          tuple(self.config.eval.finetune_fractions) or DEFAULT_FINETUNE_FRACTIONS))
+      evaluators.append(finetune_evaluator(evaluation, num_classes, self.experiment, self.data,
+                                           fractions))
     return run_evaluators(evaluators, self.extractor, self.state)
 
   def features(self, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
@@ -80,7 +81,7 @@ def load_run(workdir: epath.PathLike, step: int | None = None, eval_image_dir: s
   if eval_image_dir:
     config.data.eval_image_dir = eval_image_dir
   compilation.use_cache(config.compilation_cache_dir)  # before anything compiles, as in training
-  data = inputs.load_data(config)
+  data = inputs.load_data(config.data, train_labels=config.eval.online_probe)
   experiment = experiment_lib.build(
       config, parallel.make_mesh(),
       steps_per_epoch=data.steps_per_epoch(config.global_batch_size),
@@ -130,6 +131,6 @@ def evaluate_checkpoint(workdir: epath.PathLike, step: int | None = None, linear
   and method added, written to workdir/eval_step_N.json; returns the results."""
   run = load_run(workdir, step, eval_image_dir)
   results = run.evaluate(linear=linear, finetune=finetune)
-  results.update(step=run.step, method=run.config.method)
+  results.update(step=run.step, method=run.experiment.method.name)
   write_results(run, results)
   return results

@@ -108,12 +108,14 @@ def build_network(model_config, *, seed: int, predictor: bool = False,
   with BatchNorm between its layers, as in BYOL and SimSiam (Linear, BN, ReLU, Linear).
   """
   dtype = compute_dtype(model_config.dtype)
+  projector_dims, predictor_dims = (tuple(model_config.projector_dims),
+                                    tuple(model_config.predictor_dims))
+  projector_batch_norm = model_config.projector_batch_norm
   rngs = nnx.Rngs(seed)
   encoder = build_encoder(model_config, image_size=image_size, rngs=rngs)
-  projector = MLP(encoder.num_features, tuple(model_config.projector_dims),
-                  batch_norm=model_config.projector_batch_norm, dtype=dtype, rngs=rngs)
+  projector = MLP(encoder.num_features, projector_dims, batch_norm=projector_batch_norm,
+                  dtype=dtype, rngs=rngs)
   head = None
   if predictor:
-    head = MLP(projector.out_features, tuple(model_config.predictor_dims), batch_norm=True,
-               dtype=dtype, rngs=rngs)
+    head = MLP(projector.out_features, predictor_dims, batch_norm=True, dtype=dtype, rngs=rngs)
   return Network(encoder, projector, head)
