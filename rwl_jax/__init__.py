@@ -13,7 +13,7 @@ __all__ = ["load_encoder"]
 def __getattr__(name: str):
   # PEP 562: the export module (JAX, Flax) loads only when load_encoder is asked for.
   if name == "load_encoder":
-    from rwl_jax.export import load_encoder  # pylint: disable=g-import-not-at-top
+    from rwl_jax.tools.export import load_encoder  # pylint: disable=g-import-not-at-top
 
     return load_encoder
   raise AttributeError(f"module 'rwl_jax' has no attribute {name!r}")

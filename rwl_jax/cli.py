@@ -107,7 +107,7 @@ def run(main: Callable[[], None], argv: Sequence[str] | None = None, *,
     _fail(error)
 
   def harnessed(_):
-    from rwl_jax.metrics import configure_logging  # pylint: disable=g-import-not-at-top
+    from rwl_jax.run.metrics import configure_logging  # pylint: disable=g-import-not-at-top
 
     configure_logging()
     try:

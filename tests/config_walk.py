@@ -20,7 +20,6 @@ read by the library function that asks for the copy.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import itertools
 import pathlib

@@ -15,7 +15,7 @@ from etils import epath
 
 from conftest import (REPO, TINY_RUN_EPOCHS, TINY_RUN_STEPS_PER_EPOCH, subprocess_environment,
                       tiny_run_command)
-from rwl_jax.checkpoint import Checkpointer
+from rwl_jax.run.checkpoint import Checkpointer
 
 
 def donating_step():
@@ -104,7 +104,7 @@ def test_the_next_save_waits_for_the_one_in_flight(tmp_path, held_commit):
 
 def test_checkpoint_async_is_a_bool_a_rerun_may_change(tmp_path):
   from conftest import tiny_config  # pylint: disable=g-import-not-at-top
-  from rwl_jax import experiment, workdir  # pylint: disable=g-import-not-at-top
+  from rwl_jax.run import experiment, workdir  # pylint: disable=g-import-not-at-top
   from rwl_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
 
   config = tiny_config("data", "cache")

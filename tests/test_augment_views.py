@@ -21,7 +21,8 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from conftest import tiny_config  # noqa: E402
-from rwl_jax import experiment, parallel, train  # noqa: E402
+from rwl_jax.run import experiment
+from rwl_jax import parallel, train  # noqa: E402
 from rwl_jax.configs import (  # noqa: E402
     cifar10_barlow, cifar10_byol, cifar10_byol_gsg, cifar10_rwl, cifar10_simclr, cifar10_vicreg,
     common)

@@ -126,7 +126,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from rwl_jax.errors import RunError  # pylint: disable=g-import-not-at-top
 
-  from rwl_jax import experiment  # pylint: disable=g-import-not-at-top
+  from rwl_jax.run import experiment  # pylint: disable=g-import-not-at-top
 
   real_make_train_step = experiment.make_train_step
 
@@ -173,10 +173,10 @@ def test_a_non_finite_loss_found_while_stopping_still_closes_everything(
   """Cleanup has one home: the checkpointer (its pending writes) and the metric writer are closed
   whatever ends the run, here a non-finite loss found while a stop signal is handled."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from rwl_jax import loop  # pylint: disable=g-import-not-at-top
-  from rwl_jax.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
+  from rwl_jax.run import loop  # pylint: disable=g-import-not-at-top
+  from rwl_jax.run.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
   from rwl_jax.errors import RunError  # pylint: disable=g-import-not-at-top
-  from rwl_jax.metrics import MetricWriter  # pylint: disable=g-import-not-at-top
+  from rwl_jax.run.metrics import MetricWriter  # pylint: disable=g-import-not-at-top
 
   closed = []
   for cls in (Checkpointer, MetricWriter):

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from rwl_jax import experiment, models, parallel
+from rwl_jax.run import experiment
+from rwl_jax import models, parallel
 from rwl_jax.configs import common
 from rwl_jax.errors import ConfigError
 from rwl_jax.models import batchnorm
@@ -311,7 +312,8 @@ _SHARDED = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
     from flax import nnx
     from jax.sharding import NamedSharding, PartitionSpec
-    from rwl_jax import experiment, parallel
+    from rwl_jax.run import experiment
+    from rwl_jax import parallel
     from rwl_jax.configs import common
     from rwl_jax.errors import ConfigError
     from rwl_jax.models import batchnorm

@@ -5,7 +5,8 @@ import pytest
 from flax import nnx
 
 from conftest import tiny_config
-from rwl_jax import benchmark, tables
+from rwl_jax.tools import benchmark
+from rwl_jax import tables
 from rwl_jax.models.resnet import build_resnet
 
 

@@ -14,7 +14,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from rwl_jax import cli, experiment, parallel
+from rwl_jax import cli, parallel
+from rwl_jax.run import experiment
 from rwl_jax.configs import cifar100_rwl, cifar100_simclr, folder_rwl, imagenette_rwl, stl10_rwl
 from rwl_jax.data import inputs, order, sources
 from rwl_jax.errors import ConfigError

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import pytest
 
 from conftest import REPO, SHARED_DATA
-from rwl_jax import benchmark, profile_summary
+from rwl_jax.tools import benchmark, profile_summary
 from rwl_jax.configs import common
 from rwl_jax.errors import ConfigError
 

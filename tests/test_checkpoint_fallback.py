@@ -61,7 +61,7 @@ def test_no_checkpoint_left_that_reads_back_is_one_line_not_a_fresh_start(tmp_pa
   """Every checkpoint damaged: starting over would trim the run's metrics.jsonl to nothing and
   overwrite its results, so the run stops with one line naming what was set aside."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from rwl_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from rwl_jax.run import checkpoint  # pylint: disable=g-import-not-at-top
 
   state = {"w": jnp.arange(4, dtype=jnp.float32)}
   checkpointer = checkpoint.Checkpointer(tmp_path, keep=5)

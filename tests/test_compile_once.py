@@ -10,7 +10,8 @@ import time
 import pytest
 
 from conftest import REPO, tiny_config
-from rwl_jax import compilation, loop, train
+from rwl_jax import compilation, train
+from rwl_jax.run import loop
 from rwl_jax.configs import common
 from rwl_jax.errors import ConfigError
 

@@ -33,7 +33,7 @@ def test_the_experiment_reads_the_whole_config_and_owners_their_sections(walk):
 
 
 def test_the_measure_sees_reads_and_passes_in_order():
-  from rwl_jax import experiment  # pylint: disable=g-import-not-at-top
+  from rwl_jax.run import experiment  # pylint: disable=g-import-not-at-top
   from rwl_jax.configs import common  # pylint: disable=g-import-not-at-top
 
   config = common.get_config()

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from conftest import run_on_devices, tiny_config
-from rwl_jax import experiment, parallel, train
-from rwl_jax.checkpoint import Checkpointer
+from rwl_jax.run import experiment
+from rwl_jax import parallel, train
+from rwl_jax.run.checkpoint import Checkpointer
 
 pytestmark = pytest.mark.slow  # compiles full train steps; `-m 'not slow'` skips it
 
@@ -47,7 +48,8 @@ def test_device_augmentation_trains_and_resumes_bit_exactly(cifar_dir, tmp_path)
 _SCRIPT = textwrap.dedent("""
     import json, jax, numpy as np
     from rwl_jax.configs import common
-    from rwl_jax import experiment, parallel
+    from rwl_jax.run import experiment
+    from rwl_jax import parallel
     from rwl_jax.data import device_pipeline
     config = common.get_config()
     config.global_batch_size = 16

@@ -20,9 +20,9 @@ import pytest
 
 from conftest import (REPO, TINY_RUN_EPOCHS, TINY_RUN_STEPS_PER_EPOCH, subprocess_environment,
                       tiny_run_command)
-from rwl_jax.checkpoint import Checkpointer
+from rwl_jax.run.checkpoint import Checkpointer
 from rwl_jax.errors import RunError
-from rwl_jax.metrics import MetricWriter, read_rows
+from rwl_jax.run.metrics import MetricWriter, read_rows
 
 
 def fill(path):
@@ -124,7 +124,7 @@ def test_metrics_on_a_full_disk_are_one_line(small_disk):
 # checkpoint save of step SAVE_STEP, or before the metrics of step METRICS_STEP are written.
 FILL_THE_DISK = textwrap.dedent("""
     import errno, os
-    from rwl_jax import checkpoint, metrics
+    from rwl_jax.run import checkpoint, metrics
 
     def _fill(path=os.environ["FILLER"]):
       descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)

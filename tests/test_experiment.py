@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from rwl_jax import experiment, parallel, rng
+from rwl_jax.run import experiment
+from rwl_jax import parallel, rng
 from rwl_jax.data import inputs
 from rwl_jax.evaluate.evaluators import FeatureExtractor, build_evaluators, run_evaluators
 

@@ -22,7 +22,8 @@ from flax import nnx
 
 import rwl_jax
 from conftest import REPO, tiny_config
-from rwl_jax import export, models
+from rwl_jax.tools import export
+from rwl_jax import models
 from rwl_jax.configs import common
 from rwl_jax.errors import ConfigError
 

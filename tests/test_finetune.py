@@ -14,7 +14,8 @@ import pytest
 from flax import nnx
 
 from conftest import REPO, run_on_devices, tiny_config
-from rwl_jax import experiment, parallel, tables
+from rwl_jax.run import experiment
+from rwl_jax import parallel, tables
 from rwl_jax.configs import common
 from rwl_jax.data import sources
 from rwl_jax.data.recipe import AugmentRecipe

@@ -9,7 +9,8 @@ from conftest import REPO
 
 # Command-line modules define absl flags when imported, so each gets its own process.
 COMMAND_LINE = ["rwl_jax.main", "rwl_jax.benchmark", "rwl_jax.memory", "rwl_jax.report",
-                "rwl_jax.evaluate.__main__"]
+                "rwl_jax.export", "rwl_jax.profile_summary", "rwl_jax.evaluate.__main__",
+                "rwl_jax.tools.benchmark", "rwl_jax.tools.memory", "rwl_jax.tools.report"]
 # The only places TensorFlow belongs: the tf.data host pipeline.
 HOST_ONLY = ["rwl_jax.data.pipeline", "rwl_jax.data.augment_tf"]
 

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rwl_jax import experiment
+from rwl_jax.run import experiment
 from rwl_jax.configs import common
 from rwl_jax.errors import ConfigError
 from rwl_jax.evaluate import knn_top1

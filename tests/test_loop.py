@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rwl_jax import hooks, loop, parallel, rng
+from rwl_jax.run import hooks, loop
+from rwl_jax import parallel, rng
 from rwl_jax.errors import RunError
 
 STEPS_PER_EPOCH = 10
@@ -30,8 +31,8 @@ class Writer:
 
 
 def fake_experiment(num_epochs=2):
-  config = types.SimpleNamespace(global_batch_size=BATCH, num_epochs=num_epochs)
-  return types.SimpleNamespace(config=config, steps_per_epoch=STEPS_PER_EPOCH,
+  return types.SimpleNamespace(global_batch_size=BATCH, num_epochs=num_epochs,
+                               steps_per_epoch=STEPS_PER_EPOCH,
                                num_steps=STEPS_PER_EPOCH * num_epochs,
                                learning_rate=lambda step: 0.1)
 

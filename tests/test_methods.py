@@ -10,7 +10,8 @@ import pytest
 
 from conftest import tiny_config
 from rwl_jax.configs import common
-from rwl_jax import experiment, losses, methods, parallel, train
+from rwl_jax.run import experiment
+from rwl_jax import losses, methods, parallel, train
 from rwl_jax.rng import stream_key
 from rwl_jax.errors import ConfigError
 

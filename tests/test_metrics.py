@@ -1,4 +1,4 @@
-"""rwl_jax.metrics: metrics.jsonl trimmed to the checkpoint on resume, run time without downtime."""
+"""rwl_jax.run.metrics: metrics.jsonl trimmed to the checkpoint on resume, run time without downtime."""
 
 import json
 import logging
@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from rwl_jax import metrics
+from rwl_jax.run import metrics
 
 
 class FakeClock:
@@ -186,7 +186,7 @@ def test_asyncio_errors_of_unawaited_futures_are_one_line():
   script = textwrap.dedent("""
       import logging
       from absl import app
-      from rwl_jax import metrics
+      from rwl_jax.run import metrics
 
       def main(_):
         metrics.configure_logging()

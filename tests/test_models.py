@@ -8,10 +8,11 @@ import pytest
 from flax import nnx
 
 from rwl_jax.configs import common
-from rwl_jax import experiment, methods, models, optimizer
+from rwl_jax.run import experiment
+from rwl_jax import methods, models, optimizer
 from rwl_jax.errors import ConfigError
 from rwl_jax.models import MLP, build_resnet
-from rwl_jax.step import ModelDefs, TrainState, make_train_step
+from rwl_jax.run.step import ModelDefs, TrainState, make_train_step
 
 
 def count(module, kind=nnx.Param):
@@ -156,7 +157,7 @@ def test_parameter_counts_match_torchvision_and_timm(encoder, fields, expected):
     ("vit_small", {"patch_size": 16}, 4.6),
 ])
 def test_forward_flops_at_224_match_published_figures(encoder, fields, published_gmac):
-  from rwl_jax import benchmark  # pylint: disable=g-import-not-at-top
+  from rwl_jax.tools import benchmark  # pylint: disable=g-import-not-at-top
 
   model = abstract_encoder(encoder, **fields)
   model.eval()
@@ -291,7 +292,8 @@ _VIT_SHARDED = """
 import json
 import jax, numpy as np
 from rwl_jax.configs import common
-from rwl_jax import experiment, parallel
+from rwl_jax.run import experiment
+from rwl_jax import parallel
 
 config = common.get_config()
 config.model.encoder, config.model.width, config.model.patch_size = "vit_tiny", 4, 4

@@ -16,7 +16,8 @@ _SCRIPT = textwrap.dedent("""
     import json
     import jax, numpy as np
     from rwl_jax.configs import common
-    from rwl_jax import experiment, methods, parallel
+    from rwl_jax.run import experiment
+    from rwl_jax import methods, parallel
 
     assert jax.device_count() == 8, jax.devices()
     results = {}

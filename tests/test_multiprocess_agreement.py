@@ -93,7 +93,7 @@ _FALLBACK = textwrap.dedent("""
     jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2,
                                process_id=int(sys.argv[2]))
     from rwl_jax import parallel
-    from rwl_jax.checkpoint import Checkpointer
+    from rwl_jax.run.checkpoint import Checkpointer
     mesh = parallel.make_mesh()
     state = {"w": jax.device_put(jnp.ones((4,)), parallel.replicated(mesh))}
     checkpointer = Checkpointer(sys.argv[3], keep=3)

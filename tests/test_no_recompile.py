@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from rwl_jax.configs import common
-from rwl_jax import experiment, parallel
+from rwl_jax.run import experiment
+from rwl_jax import parallel
 from rwl_jax.data import device_pipeline
 
 pytestmark = pytest.mark.slow  # compiles full train steps; `-m 'not slow'` skips it

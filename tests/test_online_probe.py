@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from rwl_jax import experiment, online_probe, parallel, train
+from rwl_jax.run import experiment
+from rwl_jax import online_probe, parallel, train
 from rwl_jax.errors import ConfigError
 from rwl_jax.evaluate.run import evaluate_checkpoint
 from rwl_jax.evaluate.evaluators import OnlineProbeEvaluator, SplitFeatures

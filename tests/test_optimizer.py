@@ -7,7 +7,8 @@ import optax
 import pytest
 
 from rwl_jax.configs import common
-from rwl_jax import experiment, optimizer
+from rwl_jax.run import experiment
+from rwl_jax import optimizer
 
 
 def make(name="sgd", **settings):

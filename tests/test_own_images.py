@@ -264,7 +264,7 @@ def test_own_unlabelled_folder_end_to_end(tmp_path):
   assert len(errors) == 1 and "has no labelled evaluation data" in errors[0], errors
   assert "--eval_image_dir=PATH" in errors[0]
 
-  from rwl_jax import report  # pylint: disable=g-import-not-at-top
+  from rwl_jax.tools import report  # pylint: disable=g-import-not-at-top
   from rwl_jax.evaluate.run import evaluate_checkpoint  # pylint: disable=g-import-not-at-top
   assert "| mine |" in report.markdown_table([report.load(work)])
   labelled = labelled_folder(tmp_path / "labelled", per_class=12, size=32)

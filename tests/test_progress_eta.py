@@ -5,7 +5,7 @@ import types
 import numpy as np
 import pytest
 
-from rwl_jax import hooks, loop
+from rwl_jax.run import hooks, loop
 
 STEPS_PER_EPOCH, NUM_EPOCHS = 10, 4
 NUM_STEPS = STEPS_PER_EPOCH * NUM_EPOCHS
@@ -42,7 +42,7 @@ class FakeEvaluation(hooks.Hook):
 def test_eta_counts_the_evaluations_left_and_does_not_jump_after_one():
   clock = Clock()
   experiment = types.SimpleNamespace(
-      config=types.SimpleNamespace(global_batch_size=8, num_epochs=NUM_EPOCHS),
+      global_batch_size=8, num_epochs=NUM_EPOCHS,
       steps_per_epoch=STEPS_PER_EPOCH, num_steps=NUM_STEPS, learning_rate=lambda step: 0.1)
   timer = hooks.WindowTimer(clock=clock)
   context = hooks.Context(experiment=experiment, writer=Writer(), timer=timer, step=0, state=0)

@@ -7,7 +7,8 @@ import sys
 import pytest
 
 from conftest import REPO
-from rwl_jax import paths, report, tables
+from rwl_jax import paths, tables
+from rwl_jax.tools import report
 from rwl_jax.errors import ConfigError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -15,7 +15,9 @@ _SCRIPT = textwrap.dedent("""
     import json, re
     import jax, jax.numpy as jnp, numpy as np
     from rwl_jax.configs import common
-    from rwl_jax import experiment, losses, memory, parallel
+    from rwl_jax.run import experiment
+    from rwl_jax import losses, parallel
+    from rwl_jax.tools import memory
 
     assert jax.device_count() == 8
     mesh = parallel.make_mesh()

@@ -13,7 +13,7 @@ import pytest
 from etils import epath
 
 from conftest import REPO, tiny_config
-from rwl_jax import workdir
+from rwl_jax.run import workdir
 from rwl_jax.errors import ConfigError
 
 

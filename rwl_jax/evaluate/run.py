@@ -19,15 +19,16 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from rwl_jax import experiment as experiment_lib
-from rwl_jax import compilation, metrics, parallel, paths
-from rwl_jax import workdir as workdir_lib
-from rwl_jax.checkpoint import CheckpointDamaged, Checkpointer
+from rwl_jax.run import experiment as experiment_lib
+from rwl_jax import compilation, parallel, paths
+from rwl_jax.run import metrics
+from rwl_jax.run import workdir as workdir_lib
+from rwl_jax.run.checkpoint import CheckpointDamaged, Checkpointer
 from rwl_jax.data import inputs
 from rwl_jax.errors import ConfigError
 from rwl_jax.evaluate.evaluators import (DEFAULT_FINETUNE_FRACTIONS, FeatureExtractor,
                                          build_evaluators, finetune_evaluator, run_evaluators)
-from rwl_jax.step import TrainState
+from rwl_jax.run.step import TrainState
 
 
 @dataclasses.dataclass

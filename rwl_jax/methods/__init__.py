@@ -1,7 +1,7 @@
 """The SSL methods, one registry entry each: heads, target network, config section, validation, loss.
 
 An entry (`MethodSpec`) states everything that differs between methods; the train step
-(rwl_jax.step) does the rest:
+(rwl_jax.run.step) does the rest:
 
   predictor     the online network has a prediction head q (dims: config.model.predictor_dims),
                 p = q(z), as in BYOL and SimSiam;

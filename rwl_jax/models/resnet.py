@@ -8,7 +8,7 @@ ResNet-18/34 use basic blocks, ResNet-50 bottlenecks with the stride on the 3x3 
 (torchvision's "v1.5"); the output is the globally average-pooled feature (512-d for
 ResNet-18/34, 2048-d for ResNet-50, both times width / 64). Every k x k convolution pads k // 2
 pixels on every side whatever its stride, as PyTorch's Conv2d(k, p=k//2) does, so weights port
-both ways: rwl_jax.export maps stem_conv/stem_bn -> conv1/bn1, the flat list `blocks` ->
+both ways: rwl_jax.tools.export maps stem_conv/stem_bn -> conv1/bn1, the flat list `blocks` ->
 layer{stage+1}.{index} (stage_sizes says where each stage starts) and shortcut.layers.0/1 ->
 downsample.0/1, kernels HWIO -> OIHW. BatchNorm normalises over every example of the batch it
 sees; under jit with the batch sharded over devices that is the global batch. model.batchnorm

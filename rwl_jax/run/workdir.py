@@ -33,7 +33,8 @@ import ml_collections
 from absl import logging
 from etils import epath
 
-from rwl_jax import experiment, parallel, paths
+from rwl_jax.run import experiment
+from rwl_jax import parallel, paths
 from rwl_jax.configs import common
 from rwl_jax.errors import ConfigError, DamagedFile
 

@@ -6,7 +6,7 @@ the accelerator machines do not have; tensorboardX writes the same event files w
 Every metrics.jsonl row is {"step", "time" (wall clock), "run_seconds", <scalars>}. run_seconds
 counts training-run time only: the time each writer was open, added up across resumes, so the
 downtime between a crash and its resume is never counted. read_rows and latest_rows are the
-readers shared with rwl_jax.report.
+readers shared with rwl_jax.tools.report.
 """
 
 from __future__ import annotations

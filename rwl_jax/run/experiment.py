@@ -29,7 +29,7 @@ from rwl_jax.evaluate import evaluators
 from rwl_jax.data.recipe import AugmentRecipe
 from rwl_jax.errors import ConfigError
 from rwl_jax.online_probe import OnlineProbe
-from rwl_jax.step import ModelDefs, TrainState, make_train_step
+from rwl_jax.run.step import ModelDefs, TrainState, make_train_step
 
 def _positive_int(value: Any) -> bool:
   return isinstance(value, int) and not isinstance(value, bool) and value >= 1

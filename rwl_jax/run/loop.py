@@ -19,7 +19,7 @@ from absl import logging
 
 from rwl_jax import parallel
 from rwl_jax.errors import RunError
-from rwl_jax.hooks import Context, Hook, Schedule
+from rwl_jax.run.hooks import Context, Hook, Schedule
 
 EpochInputs = Callable[[int, int], Iterable[tuple[Any, ...]]]
 
