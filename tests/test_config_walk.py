@@ -24,7 +24,7 @@ def test_the_experiment_reads_the_whole_config_and_owners_their_sections(walk):
   # the loop, its hooks, the step and the evaluators' runs read what the experiment carries
   for module in ("loop.py", "hooks.py", "step.py", "checkpoint.py", "metrics.py"):
     assert not any(place.file.endswith(module) for place in walk.places), walk.report()
-  assert "experiment.py:build" in readers_of_top_level
+  assert "run/experiment.py:build" in readers_of_top_level
   assert not any(place.function.startswith(("FeatureExtractor", "FinetuneEvaluator",
                                             "KnnEvaluator", "LinearProbeEvaluator"))
                  for place in walk.places), walk.report()
@@ -41,7 +41,7 @@ def test_the_measure_sees_reads_and_passes_in_order():
     experiment.validate_config(config)
   walk = reads.walk()
   assert [str(p) for p in walk.steps[:3]] == [
-      "experiment.py:validate_config", "methods/__init__.py:validate",
+      "run/experiment.py:validate_config", "methods/__init__.py:validate",
       "methods/__init__.py:_check_temperature"]
   assert "optimizer.py:validate" in map(str, walk.steps) and walk.climbs == []
   count = len(reads.reads)

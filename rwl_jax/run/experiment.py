@@ -8,6 +8,12 @@ It owns the model definitions, the optimiser and its schedule, the method, the s
 initial state, the pure step and its jitted form (host views or device views), the one feature
 function every evaluator shares, and the probe-batch diagnostics. `train`, `benchmark`, `memory`,
 `evaluate` and the tests all build through it; nothing else constructs a step.
+
+The whole config is read here: by validate_config (before any work: the types and the top-level
+fields, then each section by its owner) and by build (everything it needs, read at the top, each
+section handed to its owner). Besides, train reads only the run-level fields it drives
+(train.RunSettings) and the workdir records the config as a document. The Experiment carries what
+the loop, its hooks and the evaluators need, so nothing reads the config after build.
 """
 
 from __future__ import annotations
