@@ -25,16 +25,16 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from rwl_jax.run import experiment as experiment_lib
-from rwl_jax.run import hooks as hooks_lib
 from rwl_jax import compilation, parallel, paths
-from rwl_jax.run import loop
-from rwl_jax.run import workdir as workdir_lib
-from rwl_jax.run.checkpoint import Checkpointer
 from rwl_jax.data import inputs
 from rwl_jax.errors import ConfigError, DamagedFile, RunError
 from rwl_jax.evaluate.evaluators import (FeatureExtractor, build_evaluators, compile_tasks,
                                          run_evaluators)
+from rwl_jax.run import experiment as experiment_lib
+from rwl_jax.run import hooks as hooks_lib
+from rwl_jax.run import loop
+from rwl_jax.run import workdir as workdir_lib
+from rwl_jax.run.checkpoint import Checkpointer
 from rwl_jax.run.metrics import MetricWriter, read_results, write_results
 
 
