@@ -27,10 +27,10 @@ from rwl_jax.configs import (  # noqa: E402
     cifar10_barlow, cifar10_byol, cifar10_byol_gsg, cifar10_rwl, cifar10_simclr, cifar10_vicreg,
     common)
 from rwl_jax.data import augment_jax, augment_tf, device_pipeline, pipeline  # noqa: E402
+from rwl_jax.data.array_split import ArraySplit  # noqa: E402
 from rwl_jax.data.order import DataShards  # noqa: E402
 from rwl_jax.data.recipe import (BYOL_IMAGENET, IMAGENET_MEAN, IMAGENET_STD,  # noqa: E402
                                  AugmentRecipe, blur_radius)
-from rwl_jax.data.sources import ArraySplit  # noqa: E402
 from rwl_jax.errors import ConfigError  # noqa: E402
 
 RECIPE = AugmentRecipe()

@@ -69,7 +69,8 @@ def test_wrong_image_size_and_corrupt_image(config, tmp_path):
     (tmp_path / "big" / split / "cat").mkdir(parents=True)
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "big" / split / "cat" / "a.png")
   config.data.image_dir = str(tmp_path / "big")
-  # Another size is resized on read (sources.RESIZE_POLICY): the one image reaches the batch check.
+  # Another size is resized on read (image_folder.RESIZE_POLICY): the one image reaches the batch
+  # check.
   with pytest.raises(ConfigError, match=r"larger than the 1 training images"):
     run(config, tmp_path)
   (tmp_path / "bad" / "train" / "cat").mkdir(parents=True)

@@ -17,7 +17,7 @@ import tensorflow_datasets as tfds
 from rwl_jax import cli, parallel
 from rwl_jax.run import experiment
 from rwl_jax.configs import cifar100_rwl, cifar100_simclr, folder_rwl, imagenette_rwl, stl10_rwl
-from rwl_jax.data import inputs, order, sources
+from rwl_jax.data import inputs, order, tfds_source
 from rwl_jax.errors import ConfigError
 
 def load(config):
@@ -106,7 +106,7 @@ def test_stl10_trains_on_train_plus_unlabelled_and_evaluates_on_train(tmp_path):
     assert data.train.images.shape[1:] == (96, 96, 3)
     assert data.train.images[:, 0, 0, 0].tolist() == list(range(12)) + list(range(100, 120))
     # One process's range of the joined split crosses from 'train' into 'unlabelled'.
-    source = sources.TfdsSource("stl10", "train+unlabelled", image_size=96)
+    source = tfds_source.TfdsSource("stl10", "train+unlabelled", image_size=96)
     shards = order.DataShards(32, 4, process_index=1, process_count=2)
     part = source.read(*shards.process_range())
     np.testing.assert_array_equal(part.images, data.train.images[16:32])

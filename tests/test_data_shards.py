@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from rwl_jax.data import sources
+from rwl_jax.data import image_folder
 from rwl_jax.data.order import DataShards, data_shards
 from rwl_jax.errors import ConfigError
 
@@ -52,15 +52,15 @@ def test_bad_sharding_is_one_config_error():
 
 
 def test_a_range_read_decodes_only_that_range(cifar_dir, tmp_path):
-  source = sources.ImageFolderSource(str(cifar_dir), "train", image_size=32,
-                                     cache_dir=str(tmp_path / "cache"))
+  source = image_folder.ImageFolderSource(str(cifar_dir), "train", image_size=32,
+                                          cache_dir=str(tmp_path / "cache"))
   whole = source.read()
   part = source.read(100, 300)
   np.testing.assert_array_equal(part.images, whole.images[100:300])
   np.testing.assert_array_equal(part.labels, whole.labels[100:300])
   assert len(list((tmp_path / "cache").glob("*.npz"))) == 2  # one cache per range read
-  limited = sources.ImageFolderSource(str(cifar_dir), "train", image_size=32,
-                                      cache_dir=str(tmp_path / "cache"), max_examples=50)
+  limited = image_folder.ImageFolderSource(str(cifar_dir), "train", image_size=32,
+                                           cache_dir=str(tmp_path / "cache"), max_examples=50)
   assert limited.num_examples == 50
   np.testing.assert_array_equal(limited.read().images, whole.images[:50])  # a prefix
   with pytest.raises(ValueError, match="outside"):

@@ -17,7 +17,7 @@ from conftest import REPO, run_on_devices, tiny_config
 from rwl_jax.run import experiment
 from rwl_jax import parallel, tables
 from rwl_jax.configs import common
-from rwl_jax.data import sources
+from rwl_jax.data import array_split
 from rwl_jax.data.recipe import AugmentRecipe
 from rwl_jax.errors import ConfigError
 from rwl_jax.evaluate import finetune
@@ -113,13 +113,13 @@ def toy_encoder(seed: int = 0) -> finetune.Encoder:
                           batch_stats, module.num_features)
 
 
-def toy_split(seed: int, per_class: int = 24, size: int = 8) -> sources.ArraySplit:
+def toy_split(seed: int, per_class: int = 24, size: int = 8) -> array_split.ArraySplit:
   """3 classes, each one bright colour channel over noise: separable whatever the crop or flip."""
   rng = np.random.default_rng(seed)
   labels = np.repeat(np.arange(3), per_class).astype(np.int32)
   images = rng.integers(0, 90, (len(labels), size, size, 3))
   images[np.arange(len(labels)), :, :, labels] += 140
-  return sources.ArraySplit(images.astype(np.uint8), labels, ("r", "g", "b"))
+  return array_split.ArraySplit(images.astype(np.uint8), labels, ("r", "g", "b"))
 
 
 TOY = dict(fraction=0.5, num_classes=3, epochs=12, batch_size=12, learning_rate=0.2, seed=0,

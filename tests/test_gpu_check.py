@@ -83,15 +83,16 @@ def test_two_parts_restore_every_pixel_of_the_png_copy(packed):
 
 
 def test_the_restored_folder_gives_training_the_png_copys_arrays_in_its_order(packed, tmp_path):
-  from rwl_jax.data import sources  # pylint: disable=g-import-not-at-top
+  from rwl_jax.data import image_folder  # pylint: disable=g-import-not-at-top
 
   source, folders, images = packed
   for number, folder in enumerate(folders):
     gpu_check.unpack_part(folder, number, images, workers=1)
   for split in ("train", "test"):
-    png, webp = (sources.ImageFolderSource(str(root), split, image_size=32,
-                                           cache_dir=str(tmp_path / f"cache_{root.name}")).read()
-                 for root in (source, images))
+    png, webp = (
+        image_folder.ImageFolderSource(str(root), split, image_size=32,
+                                       cache_dir=str(tmp_path / f"cache_{root.name}")).read()
+        for root in (source, images))
     np.testing.assert_array_equal(png.images, webp.images)
     np.testing.assert_array_equal(png.labels, webp.labels)
     assert png.class_names == webp.class_names

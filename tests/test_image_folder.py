@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rwl_jax.data.sources import ImageFolderSource
+from rwl_jax.data.image_folder import ImageFolderSource
 from rwl_jax.errors import ConfigError
 
 

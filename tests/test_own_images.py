@@ -16,7 +16,7 @@ from PIL import Image
 
 from conftest import REPO, tiny_config
 from rwl_jax.configs import common
-from rwl_jax.data import inputs, order, sources
+from rwl_jax.data import array_split, image_folder, inputs, order, sources
 from rwl_jax.errors import ConfigError
 
 MODES = ("RGB", "L", "P", "RGBA", "CMYK", "I;16", "1", "LA")
@@ -101,7 +101,7 @@ def test_unlabelled_layouts(tmp_path, layout):
     write_image(root / "test" / "t.jpg")
   data = load(data_config(root, tmp_path / "cache"))
   assert len(data.train) == 6 and data.train.class_names == ()
-  assert (data.train.labels == sources.UNLABELLED).all()
+  assert (data.train.labels == array_split.UNLABELLED).all()
   assert data.test is None and not data.evaluates
   assert "have no labels (no class folders) and no data.eval_image_dir" in data.evaluation_off
   config = data_config(root, tmp_path / "cache")
@@ -151,8 +151,8 @@ def test_resize_policy(tmp_path):
   wide = write_image(tmp_path / "u" / "wide.png", (40, 20), seed=1)
   exact = write_image(tmp_path / "u" / "exact.png", (8, 8), seed=2)
   tall = write_image(tmp_path / "u" / "tall.png", (8, 13), seed=3)
-  source = sources.ImageFolderSource(str(tmp_path), "u", image_size=8,
-                                     cache_dir=str(tmp_path / "cache"))
+  source = image_folder.ImageFolderSource(str(tmp_path), "u", image_size=8,
+                                          cache_dir=str(tmp_path / "cache"))
   split = source.read()
   by_name = {path.name: image for path, image in zip(source.files, split.images)}
   expected = wide.resize((16, 8), Image.Resampling.BICUBIC).crop((4, 0, 12, 8))
@@ -160,8 +160,8 @@ def test_resize_policy(tmp_path):
   np.testing.assert_array_equal(by_name["exact.png"], np.asarray(exact))
   np.testing.assert_array_equal(by_name["tall.png"], np.asarray(tall)[2:10])  # crop only
   # The cache is keyed by the size: another size is decoded again, not read back wrong.
-  other = sources.ImageFolderSource(str(tmp_path), "u", image_size=4,
-                                    cache_dir=str(tmp_path / "cache")).read()
+  other = image_folder.ImageFolderSource(str(tmp_path), "u", image_size=4,
+                                         cache_dir=str(tmp_path / "cache")).read()
   assert other.images.shape == (3, 4, 4, 3)
   assert len(list((tmp_path / "cache").glob("*.npz"))) == 2
 
@@ -176,8 +176,8 @@ def test_modes_are_converted_with_one_counting_warning(tmp_path, caplog):
   (folder / "nested").mkdir()
   write_image(folder / "nested" / "deeper" / "deep.png")  # below the split folder: not searched
   with caplog.at_level(logging.WARNING):
-    source = sources.ImageFolderSource(str(tmp_path / "m"), "train", image_size=8,
-                                       cache_dir=str(tmp_path / "cache"))
+    source = image_folder.ImageFolderSource(str(tmp_path / "m"), "train", image_size=8,
+                                            cache_dir=str(tmp_path / "cache"))
     split = source.read()
   said = [r.getMessage() for r in caplog.records]
   assert len(split) == len(MODES) + 2 and split.images.dtype == np.uint8

@@ -12,18 +12,18 @@ import numpy as np
 import pytest
 
 from rwl_jax.configs import common
-from rwl_jax.data import sources
+from rwl_jax.data import image_folder, sources
 from rwl_jax.errors import ConfigError
 from test_own_images import MODES, write_image
 
 WORKERS_SAID = "worker processes"
-WORKER_START_IMAGES = sources.WORKER_START_IMAGES  # before small_parts changes it
+WORKER_START_IMAGES = image_folder.WORKER_START_IMAGES  # before small_parts changes it
 
 
 @pytest.fixture(autouse=True)
 def small_parts(monkeypatch):
   """Worker processes for folders of a few images (the real minimum would decode them here)."""
-  monkeypatch.setattr(sources, "WORKER_START_IMAGES", 1)
+  monkeypatch.setattr(image_folder, "WORKER_START_IMAGES", 1)
 
 
 def mixed_folder(root):
@@ -40,8 +40,8 @@ def read_logged(caplog, root, split, workers, cache, start=0, end=None):
   """(the split read with `workers`, what it logged)."""
   caplog.clear()
   with caplog.at_level(logging.INFO):
-    source = sources.ImageFolderSource(str(root), split, image_size=8, cache_dir=str(cache),
-                                       decode_workers=workers)
+    source = image_folder.ImageFolderSource(str(root), split, image_size=8, cache_dir=str(cache),
+                                            decode_workers=workers)
     read = source.read(start, end)
   return source, read, [r.getMessage() for r in caplog.records]
 
@@ -54,7 +54,7 @@ def assert_same(first, second):
 
 def test_workers_give_what_one_process_gives(tmp_path, caplog, monkeypatch):
   root = mixed_folder(tmp_path / "mixed")
-  monkeypatch.setattr(sources, "available_cores", lambda: 3)  # decode_workers=0: one per core
+  monkeypatch.setattr(image_folder, "available_cores", lambda: 3)  # decode_workers=0: one per core
   source, alone, said_alone = read_logged(caplog, root, "train", 1, tmp_path / "c1")
   _, pooled, said_pooled = read_logged(caplog, root, "train", 0, tmp_path / "c2")
   assert_same(alone, pooled)
@@ -73,18 +73,18 @@ def test_workers_give_what_one_process_gives(tmp_path, caplog, monkeypatch):
 
 
 def test_a_small_folder_is_decoded_in_this_process(tmp_path, caplog, monkeypatch):
-  monkeypatch.setattr(sources, "WORKER_START_IMAGES", WORKER_START_IMAGES)
+  monkeypatch.setattr(image_folder, "WORKER_START_IMAGES", WORKER_START_IMAGES)
   root = mixed_folder(tmp_path / "mixed")
   _, read, said = read_logged(caplog, root, "train", 4, tmp_path / "cache")
   assert len(read) == 32 and not [m for m in said if WORKERS_SAID in m]
 
 
 def test_workers_on_real_cifar_images(cifar_dir, tmp_path, caplog):
-  alone = sources.ImageFolderSource(str(cifar_dir), "test", image_size=32,
-                                    cache_dir=str(tmp_path / "c1"), decode_workers=1).read()
+  alone = image_folder.ImageFolderSource(str(cifar_dir), "test", image_size=32,
+                                         cache_dir=str(tmp_path / "c1"), decode_workers=1).read()
   with caplog.at_level(logging.INFO):
-    pooled = sources.ImageFolderSource(str(cifar_dir), "test", image_size=32,
-                                       cache_dir=str(tmp_path / "c2"), decode_workers=2).read()
+    pooled = image_folder.ImageFolderSource(str(cifar_dir), "test", image_size=32,
+                                            cache_dir=str(tmp_path / "c2"), decode_workers=2).read()
   assert any(f"with 2 {WORKERS_SAID}" in r.getMessage() for r in caplog.records)
   assert_same(alone, pooled)
   assert len(pooled) == 160 and np.bincount(pooled.labels).tolist() == [16] * 10
@@ -99,8 +99,9 @@ def test_an_undecodable_image_in_a_workers_part_is_the_same_one_line_error(tmp_p
   errors = []
   for workers in (1, 3):
     with pytest.raises(ConfigError) as raised:
-      sources.ImageFolderSource(str(tmp_path / "c"), "train", image_size=8,
-                                cache_dir=str(tmp_path / "cache"), decode_workers=workers).read()
+      image_folder.ImageFolderSource(str(tmp_path / "c"), "train", image_size=8,
+                                     cache_dir=str(tmp_path / "cache"),
+                                     decode_workers=workers).read()
     errors.append(str(raised.value))
   assert errors[0] == errors[1]
   assert "\n" not in errors[0] and "cannot decode image" in errors[0]
@@ -109,13 +110,13 @@ def test_an_undecodable_image_in_a_workers_part_is_the_same_one_line_error(tmp_p
 
 def test_workers_that_cannot_run_leave_the_decode_to_this_process(tmp_path, caplog, monkeypatch):
   root = mixed_folder(tmp_path / "mixed")
-  alone = sources.ImageFolderSource(str(root), "train", image_size=8,
-                                    cache_dir=str(tmp_path / "c1"), decode_workers=1).read()
+  alone = image_folder.ImageFolderSource(str(root), "train", image_size=8,
+                                         cache_dir=str(tmp_path / "c1"), decode_workers=1).read()
   monkeypatch.setattr(sys, "executable", "/bin/false")  # every worker exits with 1
   with caplog.at_level(logging.WARNING):
-    fallen_back = sources.ImageFolderSource(str(root), "train", image_size=8,
-                                            cache_dir=str(tmp_path / "c2"),
-                                            decode_workers=2).read()
+    fallen_back = image_folder.ImageFolderSource(str(root), "train", image_size=8,
+                                                 cache_dir=str(tmp_path / "c2"),
+                                                 decode_workers=2).read()
   assert_same(alone, fallen_back)
   assert any("could not decode with 2 worker processes (worker 0 exited with status 1); "
              "decoding in this process" in r.getMessage() for r in caplog.records)
@@ -132,7 +133,8 @@ def test_decode_workers_is_checked(tmp_path):
   assert str(raised.value) == said.format(-1)
   for bad in (True, 2.0, "4"):  # from Python
     with pytest.raises(ConfigError) as raised:
-      sources.ImageFolderSource(config.data.image_dir, "train", image_size=8, decode_workers=bad)
+      image_folder.ImageFolderSource(config.data.image_dir, "train", image_size=8,
+                                     decode_workers=bad)
     assert str(raised.value) == said.format(bad)
 
 
@@ -151,11 +153,12 @@ def test_a_cache_write_that_fails_leaves_no_cache(tmp_path, caplog, monkeypatch,
     raise failure
 
   decoded = []
-  decode_images = sources.decode_images
-  monkeypatch.setattr(sources, "decode_images", lambda *a: decoded.append(1) or decode_images(*a))
+  decode_images = image_folder.decode_images
+  monkeypatch.setattr(image_folder, "decode_images",
+                      lambda *a: decoded.append(1) or decode_images(*a))
   monkeypatch.setattr(np, "savez", half_then_fail)
-  open_source = lambda: sources.ImageFolderSource(str(root), "train", image_size=8,
-                                                  cache_dir=str(cache_dir), decode_workers=1)
+  open_source = lambda: image_folder.ImageFolderSource(str(root), "train", image_size=8,
+                                                       cache_dir=str(cache_dir), decode_workers=1)
   if isinstance(failure, OSError):
     with caplog.at_level(logging.WARNING):
       first = open_source().read()  # the images still come back
@@ -193,8 +196,9 @@ def test_racing_writers_leave_one_whole_cache(tmp_path, monkeypatch):
 
   def read():
     try:
-      reads.append(sources.ImageFolderSource(str(root), "train", image_size=8,
-                                             cache_dir=str(cache_dir), decode_workers=1).read())
+      reads.append(image_folder.ImageFolderSource(str(root), "train", image_size=8,
+                                                  cache_dir=str(cache_dir),
+                                                  decode_workers=1).read())
     except BaseException as error:  # pylint: disable=broad-except  # reported below
       failures.append(error)
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from rwl_jax.configs import common
-from rwl_jax.data import pipeline, sources
+from rwl_jax.data import array_split, image_folder, pipeline, sources
 from rwl_jax.data.order import DataShards
 from rwl_jax.data.recipe import AugmentRecipe, CIFAR10_MEAN, CIFAR10_STD
 
@@ -32,8 +32,8 @@ def test_image_folder_source(train_split, cifar_dir, tmp_path):
   # Real CIFAR-10: channel means near the published ones even on 640 images.
   np.testing.assert_allclose(train_split.images.mean(axis=(0, 1, 2)) / 255, CIFAR10_MEAN, atol=0.05)
   # The decoded cache gives back identical arrays.
-  source = sources.ImageFolderSource(str(cifar_dir), "train", image_size=32,
-                                     cache_dir=str(tmp_path))
+  source = image_folder.ImageFolderSource(str(cifar_dir), "train", image_size=32,
+                                          cache_dir=str(tmp_path))
   again, again_cached = source.read(), source.read()
   np.testing.assert_array_equal(again.images, train_split.images)
   np.testing.assert_array_equal(again_cached.images, train_split.images)
@@ -86,8 +86,8 @@ def test_processes_reading_only_their_shards_tile_the_global_batch(train_split):
   for process in (0, 1):
     shards = DataShards(len(train_split), 2, process_index=process, process_count=2)
     start, end = shards.process_range()
-    local = sources.ArraySplit(train_split.images[start:end], train_split.labels[start:end],
-                               train_split.class_names)
+    local = array_split.ArraySplit(train_split.images[start:end], train_split.labels[start:end],
+                                   train_split.class_names)
     shares.append(batches(local, shards=shards))
   assert len(whole) == len(shares[0]) == len(shares[1]) == 10
   for step in (0, 9):

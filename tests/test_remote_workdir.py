@@ -93,15 +93,15 @@ def test_workdir_urls_are_kept_or_refused_with_one_line(tmp_path, monkeypatch):
 
 def test_image_folder_and_cache_in_a_bucket(cifar_dir, tmp_path):
   from local_bucket import local_bucket  # pylint: disable=g-import-not-at-top
-  from rwl_jax.data import sources  # pylint: disable=g-import-not-at-top
+  from rwl_jax.data import image_folder  # pylint: disable=g-import-not-at-top
 
   bucket = tmp_path / "bucket"
   shutil.copytree(cifar_dir, bucket / "lab" / "cifar10")
-  local = sources.ImageFolderSource(str(cifar_dir), "test", image_size=32,
-                                    cache_dir=str(tmp_path / "cache"))
+  local = image_folder.ImageFolderSource(str(cifar_dir), "test", image_size=32,
+                                         cache_dir=str(tmp_path / "cache"))
   with local_bucket(str(bucket)):
-    remote = sources.ImageFolderSource("gs://lab/cifar10", "test", image_size=32,
-                                       cache_dir="gs://lab/cache")
+    remote = image_folder.ImageFolderSource("gs://lab/cifar10", "test", image_size=32,
+                                            cache_dir="gs://lab/cache")
     decoded = remote.read()
     cached = remote.read()  # the second read comes from the cache in the bucket
   assert [os.fspath(f) for f in remote.files[:2]][0].startswith("gs://lab/cifar10/test/")

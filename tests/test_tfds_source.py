@@ -26,7 +26,7 @@ from PIL import Image
 
 from conftest import REPO, tiny_config
 from rwl_jax import train
-from rwl_jax.data import sources
+from rwl_jax.data import tfds_source
 from rwl_jax.data.order import DataShards
 from rwl_jax.errors import ConfigError
 
@@ -70,7 +70,7 @@ def tfds_dir(cifar_dir, tmp_path_factory):
 
 
 def test_range_reads_and_prefix(tfds_dir):
-  source = sources.TfdsSource("tiny_cifar", "train", data_dir=str(tfds_dir), image_size=32)
+  source = tfds_source.TfdsSource("tiny_cifar", "train", data_dir=str(tfds_dir), image_size=32)
   assert source.num_examples == 640 and source.class_names[0] == "airplane"
   whole = source.read()
   assert whole.images.shape == (640, 32, 32, 3) and whole.images.dtype == np.uint8
@@ -82,8 +82,8 @@ def test_range_reads_and_prefix(tfds_dir):
   shards = [DataShards(640, 2, process_index=p, process_count=2) for p in (0, 1)]
   halves = [source.read(*s.process_range()) for s in shards]
   np.testing.assert_array_equal(np.concatenate([h.images for h in halves]), whole.images)
-  limited = sources.TfdsSource("tiny_cifar", "test", data_dir=str(tfds_dir), image_size=32,
-                               max_examples=50)
+  limited = tfds_source.TfdsSource("tiny_cifar", "test", data_dir=str(tfds_dir), image_size=32,
+                                   max_examples=50)
   assert limited.num_examples == 50 and len(limited.read()) == 50
 
 
@@ -181,8 +181,8 @@ def loopback_url(tmp_path, monkeypatch):
 
 def test_download_from_loopback(loopback_url, tmp_path):
   """The whole download path (probe, TFDS download manager, extraction, preparation) offline."""
-  source = sources.TfdsSource("loopback_cifar", "train", data_dir=str(tmp_path / "tfds"),
-                              image_size=32)
+  source = tfds_source.TfdsSource("loopback_cifar", "train", data_dir=str(tmp_path / "tfds"),
+                                  image_size=32)
   images = source.read().images
   assert source.num_examples == 20 and images.shape == (20, 32, 32, 3)
   # TFDS stores records in its own order; the same images came through.
@@ -194,7 +194,7 @@ def test_no_network_fails_fast(tmp_path, monkeypatch):
   _no_network(monkeypatch)
   start = time.monotonic()
   with pytest.raises(ConfigError) as error:
-    sources.TfdsSource("cifar10", "train", data_dir=str(tmp_path), image_size=32)
+    tfds_source.TfdsSource("cifar10", "train", data_dir=str(tmp_path), image_size=32)
   elapsed = time.monotonic() - start
   message = str(error.value)
   assert elapsed < 60, elapsed  # TFDS's own retries took about 205 s; this takes about 1 s.
@@ -207,19 +207,19 @@ def test_silent_host_times_out():
   # pylint: disable=protected-access
   with socket.create_server(("127.0.0.1", 0)) as silent:
     start = time.monotonic()
-    problem = sources._unreachable(f"http://127.0.0.1:{silent.getsockname()[1]}/x.tar.gz")
-  assert problem and time.monotonic() - start < sources._PROBE_TIMEOUT_S + 3
+    problem = tfds_source.why_unreachable(f"http://127.0.0.1:{silent.getsockname()[1]}/x.tar.gz")
+  assert problem and time.monotonic() - start < tfds_source.PROBE_TIMEOUT_S + 3
 
 
 def test_unknown_dataset_name(tmp_path):
   with pytest.raises(ConfigError, match="'no_such_dataset_rwl' is not a TFDS dataset"):
-    sources.TfdsSource("no_such_dataset_rwl", "train", data_dir=str(tmp_path), image_size=32)
+    tfds_source.TfdsSource("no_such_dataset_rwl", "train", data_dir=str(tmp_path), image_size=32)
 
 
 def test_missing_module_names_its_package(tmp_path):
   """A missing module is reported as such (with its pip package), not blamed on the network."""
   script = ("import sys; sys.modules['importlib_resources'] = None\n"
-            "from rwl_jax.data.sources import TfdsSource\n"
+            "from rwl_jax.data.tfds_source import TfdsSource\n"
             "from rwl_jax.errors import ConfigError\n"
             "try:\n"
             f"  TfdsSource('cifar10', 'train', data_dir={str(tmp_path)!r}, image_size=32)\n"

@@ -93,7 +93,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict()
   config.data.tfds_name = "cifar10"
   config.data.tfds_data_dir = ""  # "" = TFDS default (~/tensorflow_datasets)
-  # Your own images, any size and mode, "" = use TFDS. Layouts (rwl_jax/data/sources.py):
+  # Your own images, any size and mode, "" = use TFDS. Layouts (rwl_jax/data/image_folder.py):
   # PATH/train/CLASS/IMAGE [+ PATH/test/CLASS/IMAGE] labelled; PATH/IMAGE or PATH/train/IMAGE
   # unlabelled (trained on, not evaluated, unless eval_image_dir is given).
   config.data.image_dir = ""

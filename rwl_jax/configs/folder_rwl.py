@@ -3,7 +3,7 @@
   python -m rwl_jax.main --config=folder_rwl --config.data.image_dir=PATH --workdir=runs/mine
   python -m rwl_jax.export --workdir=runs/mine --format=safetensors
 
-PATH may be laid out (rwl_jax/data/sources.py):
+PATH may be laid out (rwl_jax/data/image_folder.py):
 - PATH/IMAGE, or PATH/train/IMAGE [+ PATH/test/IMAGE]: unlabelled. The run trains and saves
   checkpoints; with no labels there is no kNN / linear-probe evaluation (one line says so) and
   results.json holds no accuracy, unless --config.data.eval_image_dir=LABELLED_PATH gives a

@@ -9,7 +9,7 @@ No accuracy has been measured with this config yet, and its optimiser settings a
 recipe's (configs/common.py: SGD lr 0.1, batch 256, 100 epochs, temperature 0.4), not tuned here.
 
 Data, either way resized once on read to 224 x 224 (shorter side to 224, bicubic, centre crop;
-rwl_jax/data/sources.py) and held in memory as uint8: 9,469 train images = 1.4 GB, 3,925
+rwl_jax/data/image_folder.py) and held in memory as uint8: 9,469 train images = 1.4 GB, 3,925
 validation images = 0.6 GB (also on each device with data.augment_on=device). That is the limit of
 this design: ImageNet-100 (126,689 images) would need 19 GB of host memory and full ImageNet
 190 GB, so neither is feasible this way.

@@ -22,7 +22,7 @@ from rwl_jax import rng  # pylint: disable=g-import-not-at-top
 from rwl_jax.data import augment_tf  # pylint: disable=g-import-not-at-top
 from rwl_jax.data.order import DataShards  # pylint: disable=g-import-not-at-top
 from rwl_jax.data.recipe import AugmentRecipe  # pylint: disable=g-import-not-at-top
-from rwl_jax.data.sources import ArraySplit  # pylint: disable=g-import-not-at-top
+from rwl_jax.data.array_split import ArraySplit  # pylint: disable=g-import-not-at-top
 
 # Keep TensorFlow away from any accelerator: it only decodes and augments on the host.
 tf.config.set_visible_devices([], "GPU")
