@@ -60,8 +60,8 @@ class Walk:
     return list(dict.fromkeys(place.file for place in self.steps))
 
   def report(self) -> str:
-    lines = [f"{len(self.places)} places in {len(self.files)} files, {len(self.climbs)} climbs "
-             f"back up", "", "walk:"]
+    lines = [f"{len(self.places)} places ({len(self.steps)} visits) in {len(self.files)} files, "
+             f"{len(self.climbs)} climbs back up", "", "walk:"]
     lines += [f"  {place}" for place in self.steps]
     lines += ["", "climbs (from -> back up to):"]
     lines += [f"  {low} -> {high}" for low, high in self.climbs]
