@@ -33,22 +33,32 @@ def is_commit(source, destination) -> bool:
   return "orbax-checkpoint-tmp" in str(source) and str(destination).rsplit("/", 1)[-1].isdigit()
 
 
+class HeldCommit:
+  """`reached` is set once a checkpoint's files are written and its commit has begun; the commit
+  then waits until `release` is set."""
+
+  def __init__(self):
+    self.reached = threading.Event()
+    self.release = threading.Event()
+
+
 @pytest.fixture
 def held_commit(monkeypatch):
   """Every checkpoint's commit (the rename of its folder, in Orbax's background thread) waits
-  until the returned event is set: a save stays in flight for as long as the test wants."""
-  gate = threading.Event()
+  until the test releases it: a save stays in flight for as long as the test wants."""
+  held_commit = HeldCommit()
   path_class = type(epath.Path("/"))
   rename = path_class.rename
 
   def held(self, target):
     if is_commit(self, target):
-      gate.wait(120)
+      held_commit.reached.set()
+      held_commit.release.wait(120)
     return rename(self, target)
 
   monkeypatch.setattr(path_class, "rename", held)
-  yield gate
-  gate.set()
+  yield held_commit
+  held_commit.release.set()
 
 
 def test_save_returns_while_written_and_keeps_the_state_of_its_step(tmp_path, held_commit):
@@ -59,6 +69,9 @@ def test_save_returns_while_written_and_keeps_the_state_of_its_step(tmp_path, he
 
   checkpointer.save(7, state)  # returns with the commit still held
   assert not (checkpointer.directory / "7").exists()
+  # On CPU the write holds zero-copy numpy views of the buffers, and XLA copies rather than
+  # donates a buffer that is viewed: step once the files are written, so the donation is real.
+  assert held_commit.reached.wait(120)
   donated = jax.tree.leaves(state)
   state = step(state)  # the next step reuses the saved state's buffers
   assert all(leaf.is_deleted() for leaf in donated)
@@ -68,7 +81,7 @@ def test_save_returns_while_written_and_keeps_the_state_of_its_step(tmp_path, he
   waiting.start()
   waiting.join(timeout=1)
   assert waiting.is_alive()  # wait() returns only once the save is complete
-  held_commit.set()
+  held_commit.release.set()
   waiting.join(timeout=120)
   assert not waiting.is_alive() and checkpointer.all_steps() == [7]
 
@@ -96,7 +109,7 @@ def test_the_next_save_waits_for_the_one_in_flight(tmp_path, held_commit):
   second.start()
   second.join(timeout=1)
   assert second.is_alive() and not (checkpointer.directory / "1").exists()
-  held_commit.set()
+  held_commit.release.set()
   second.join(timeout=120)
   checkpointer.close()
   assert checkpointer.all_steps() == [1, 2]
