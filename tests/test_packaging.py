@@ -30,4 +30,12 @@ def test_license_typing_marker_and_contributing_guide():
   assert setup["metadata"]["license"] == "Apache-2.0"
   assert "Apache License" in (REPO / "LICENSE").read_text().splitlines()[1]
   assert (REPO / "rwl_jax" / "py.typed").exists() and "py.typed" in setup["options.package_data"]["rwl_jax"]
-  assert 'pytest -q -m "not slow" tests' in (REPO / "CONTRIBUTING.md").read_text()
+  assert 'pytest -q -n auto -m "not slow" tests' in (REPO / "CONTRIBUTING.md").read_text()
+
+
+def test_ci_runs_the_test_commands_readme_gives():
+  readme_commands = set(re.findall(r"^(python -m pytest .*?tests)\b", (REPO / "README.md").read_text(),
+                                   re.MULTILINE))
+  ci_commands = set(re.findall(r"^(python -m pytest .*)$", (REPO / ".ci" / "run").read_text(),
+                               re.MULTILINE))
+  assert len(readme_commands) == 2 and ci_commands == readme_commands
