@@ -43,6 +43,7 @@ def test_resnet18_forward_count_matches_layer_table():
   assert abs(flops / 1e9 - 1.1108) < 1e-3
 
 
+@pytest.mark.slow  # compiles ResNet-18 benchmark steps
 @pytest.mark.parametrize("augment_on", ["host", "device"])
 def test_benchmark_step_reports_consistent_figures(cifar_dir, tmp_path, augment_on):
   config = tiny_config(cifar_dir, tmp_path)

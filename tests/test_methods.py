@@ -59,6 +59,7 @@ def test_momentum_schedule():
   assert float(methods.ema_momentum(k, 100, 0.99)) == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.slow  # compiles a whole train step and its gradient
 def test_byol_target_is_the_ema_of_the_updated_online_weights(byol_gsg_step):
   step, step_fn, host_state, batch, _ = byol_gsg_step
   state0 = jax.device_put(host_state)

@@ -70,6 +70,7 @@ def test_evaluator_counts_top1_and_top5_like_numpy():
   assert results["online_top5"] == np.mean(np.any(ranked[:, :5] == test_labels[:, None], axis=1))
 
 
+@pytest.mark.slow  # compiles two whole train steps
 def test_probe_leaves_the_encoder_update_unchanged():
   """The same step with and without the probe moves the network identically; the probe's first
   loss is log(classes) (zero weights)."""

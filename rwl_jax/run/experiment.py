@@ -31,11 +31,12 @@ from flax import nnx
 from rwl_jax import diagnostics, methods, models, optimizer, parallel, rng
 from rwl_jax.configs import common
 from rwl_jax.data import augment_jax, device_pipeline, inputs
-from rwl_jax.evaluate import evaluators
 from rwl_jax.data.recipe import AugmentRecipe
 from rwl_jax.errors import ConfigError
+from rwl_jax.evaluate import evaluators
 from rwl_jax.online_probe import OnlineProbe
 from rwl_jax.run.step import ModelDefs, TrainState, make_train_step
+
 
 def _positive_int(value: Any) -> bool:
   return isinstance(value, int) and not isinstance(value, bool) and value >= 1
