@@ -46,19 +46,19 @@ class HeldCommit:
 def held_commit(monkeypatch):
   """Every checkpoint's commit (the rename of its folder, in Orbax's background thread) waits
   until the test releases it: a save stays in flight for as long as the test wants."""
-  held_commit = HeldCommit()
+  commit = HeldCommit()
   path_class = type(epath.Path("/"))
   rename = path_class.rename
 
   def held(self, target):
     if is_commit(self, target):
-      held_commit.reached.set()
-      held_commit.release.wait(120)
+      commit.reached.set()
+      commit.release.wait(120)
     return rename(self, target)
 
   monkeypatch.setattr(path_class, "rename", held)
-  yield held_commit
-  held_commit.release.set()
+  yield commit
+  commit.release.set()
 
 
 def test_save_returns_while_written_and_keeps_the_state_of_its_step(tmp_path, held_commit):
